@@ -1,0 +1,37 @@
+"""What every scoring backend provides: a tokenizer-bound prompt builder and a batch scorer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+
+from ..contract import PromptBuilder, ScoringContract
+
+
+class ScoringBackend(ABC):
+    """Scores batches of ProRank prompt token ids; everything before the ids lives in `contract.py`."""
+
+    #: registry name, e.g. "torch"
+    name: str = ""
+    #: cap on batch_size x longest prompt per forward pass (activation memory); None means no cap
+    max_batch_tokens: int | None = None
+
+    def __init__(self, tokenizer, contract: ScoringContract | None = None, max_length: int | None = None):
+        self.prompts = PromptBuilder(tokenizer, contract, max_length=max_length)
+
+    @property
+    def contract(self) -> ScoringContract:
+        return self.prompts.contract
+
+    @abstractmethod
+    def score_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Raw scores (logit(positive) - logit(negative) at the last position), float32, one per sequence."""
+
+    def describe(self) -> dict:
+        """What ran, for logs and benchmark reports."""
+        return {"backend": self.name}
+
+    def close(self) -> None:
+        """Free native resources; safe to call twice."""

@@ -1,0 +1,25 @@
+"""Conversion of a GGUF causal LM into a plain transformers checkpoint (needs torch, transformers, gguf)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .contract import ScoringContract
+
+
+def convert_gguf_checkpoint(gguf_path: Path, output_dir: Path, contract: ScoringContract | None = None) -> None:
+    """Dequantize `gguf_path` with transformers and save it as safetensors with its tokenizer and contract.
+
+    A model loaded with `gguf_file=` cannot be saved as it is, so it is rebuilt from its config and state dict.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (contract or ScoringContract()).save(output_dir)

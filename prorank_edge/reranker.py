@@ -1,0 +1,140 @@
+"""`Reranker`: the Python API, with sentence-transformers CrossEncoder conventions (`rank`, `predict`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .backends import backend_class
+from .backends.base import ScoringBackend
+from .errors import InputError, ProrankError
+from .models import ModelSource, resolve_model
+
+DEFAULT_BATCH_SIZE = 16
+
+
+def _progress(total: int, show: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    # None: only on a terminal, and only once the work has lasted a moment.
+    disable = (not sys.stderr.isatty()) if show is None else not show
+    return tqdm(total=total, desc=desc, unit="doc", disable=disable, delay=0 if show else 1.0, file=sys.stderr,
+                leave=False)
+
+
+class Reranker:
+    """Scores (query, document) pairs with a ProRank model on any backend.
+
+    model: a local checkpoint folder, an exported artifact (.onnx folder or .gguf file), a Hugging Face Hub
+        id (e.g. mixedbread-ai/mxbai-rerank-base-v2), or None for the built-in default.
+    backend: "auto" (picked from the model), "torch", "onnx" or "gguf".
+    device: "auto", "cpu", "cuda", "cuda:N".
+    max_length: whole prompt length in tokens, template included (default: the model's contract, 512).
+    """
+
+    def __init__(self, model: str | None = None, backend: str = "auto", device: str = "auto",
+                 max_length: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "auto",
+                 threads: int | None = None, **backend_options):
+        self.source: ModelSource = resolve_model(model)
+        name = self.source.kind if backend in (None, "auto") else backend
+        if name != self.source.kind:
+            raise ProrankError(
+                f"{self.source.path}: this is a {self.source.kind} model; the {name} backend cannot read it "
+                f"(use --backend {self.source.kind} or auto)"
+            )
+        if batch_size < 1:
+            raise ProrankError("batch_size must be at least 1")
+        self.batch_size = batch_size
+        options = dict(max_length=max_length, device=device, threads=threads, **backend_options)
+        if name == "torch":
+            options["dtype"] = dtype
+        self.backend: ScoringBackend = backend_class(name)(self.source.path, **options)
+
+    @classmethod
+    def from_backend(cls, backend: ScoringBackend, batch_size: int = DEFAULT_BATCH_SIZE) -> "Reranker":
+        """Wrap an already built backend (e.g. a model held in memory during training)."""
+        self = cls.__new__(cls)
+        self.source = None
+        self.backend = backend
+        self.batch_size = batch_size
+        return self
+
+    @property
+    def contract(self):
+        return self.backend.contract
+
+    @property
+    def prompts(self):
+        return self.backend.prompts
+
+    # ---- scoring ----------------------------------------------------------------------------------------
+    def score_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
+                        show_progress_bar: bool | None = None) -> np.ndarray:
+        """Raw scores for prompts that are already token ids, in their order (batched by length)."""
+        from .contract import length_batches
+
+        scores = np.empty(len(token_ids), dtype=np.float32)
+        batches = length_batches([len(t) for t in token_ids], batch_size or self.batch_size,
+                                 self.backend.max_batch_tokens)
+        with _progress(len(token_ids), show_progress_bar, "scoring") as bar:
+            for batch in batches:
+                scores[batch] = self.backend.score_batch([token_ids[i] for i in batch])
+                bar.update(len(batch))
+        return scores
+
+    def predict(self, pairs: Iterable[Sequence[str]], batch_size: int | None = None,
+                show_progress_bar: bool | None = None, instruction: str | None = None,
+                normalize: bool = False) -> np.ndarray:
+        """Scores for (query, document) pairs, in order: raw logit differences, or in [0, 1] with normalize."""
+        pairs = [tuple(p) for p in pairs]
+        for i, pair in enumerate(pairs):
+            if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+                raise InputError(f"pair {i}: expected (query, document) strings")
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
+        scores = self.score_token_ids(self.prompts.build_pairs(pairs, instruction), batch_size, show_progress_bar)
+        return self.contract.normalize(scores) if normalize else scores
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = True,
+             instruction: str | None = None, batch_size: int | None = None, show_progress_bar: bool | None = None,
+             normalize: bool = False) -> list[dict]:
+        """Documents best first, as [{"corpus_id", "score", "text"}]; ties keep the input order."""
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty")
+        documents = list(documents)
+        for i, doc in enumerate(documents):
+            if not isinstance(doc, str):
+                raise InputError(f"document {i}: expected a string, got {type(doc).__name__}")
+        if not documents:
+            return []
+        token_ids = self.prompts.build(query, documents, instruction)
+        scores = self.score_token_ids(token_ids, batch_size, show_progress_bar)
+        if normalize:
+            scores = self.contract.normalize(scores)
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            order = order[: max(0, int(top_k))]
+        results = []
+        for i in order:
+            item = {"corpus_id": int(i), "score": float(scores[i])}
+            if return_documents:
+                item["text"] = documents[i]
+            results.append(item)
+        return results
+
+    def describe(self) -> dict:
+        info = self.backend.describe()
+        info["max_length"] = self.contract.max_length
+        info["batch_size"] = self.batch_size
+        return info
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Reranker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
