@@ -131,7 +131,7 @@ class ScoringContract:
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         """Map raw logit differences to [0, 1]."""
         z = (np.asarray(scores, dtype=np.float64) - self.normalize_offset) / self.normalize_scale
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # sigmoid without exp overflow
 
 
 def score_from_logits(logits: np.ndarray, positive_token_id: int, negative_token_id: int) -> np.ndarray:

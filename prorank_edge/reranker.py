@@ -9,7 +9,7 @@ import numpy as np
 
 from .backends import backend_class
 from .backends.base import ScoringBackend
-from .errors import InputError, ProrankError
+from .errors import InputError, ModelNotFoundError, ProrankError
 from .models import ModelSource, resolve_model
 
 DEFAULT_BATCH_SIZE = 16
@@ -50,7 +50,15 @@ class Reranker:
         options = dict(max_length=max_length, device=device, threads=threads, **backend_options)
         if name == "torch":
             options["dtype"] = dtype
-        self.backend: ScoringBackend = backend_class(name)(self.source.path, **options)
+        backend_cls = backend_class(name)
+        try:
+            self.backend: ScoringBackend = backend_cls(self.source.path, **options)
+        except ProrankError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            # Broken or foreign files surface as many exception types from transformers/onnxruntime/llama.cpp.
+            raise ModelNotFoundError(f"{self.source.path}: cannot load this model ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else 'no details'})") from exc
 
     @classmethod
     def from_backend(cls, backend: ScoringBackend, batch_size: int = DEFAULT_BATCH_SIZE) -> "Reranker":

@@ -1,0 +1,27 @@
+"""Sub-commands that live in their own modules; the modules import only click at load time."""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> (module, attribute)
+_COMMANDS = {
+    "eval": ("prorank_edge.commands.eval_cmd", "eval_command"),
+    "export": ("prorank_edge.commands.export_cmd", "export_command"),
+    "bench": ("prorank_edge.commands.bench_cmd", "bench_command"),
+    "train": ("prorank_edge.commands.train_cmd", "train_group"),
+}
+
+
+def _load() -> dict:
+    commands = {}
+    for name, (module, attr) in _COMMANDS.items():
+        try:
+            commands[name] = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a real bug inside a command module must not hide
+                raise
+    return commands
+
+
+COMMANDS = _load()
