@@ -1,0 +1,168 @@
+"""BEIR evaluation: BM25 first stage, optional ProRank reranking of its candidates, metrics side by side."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .beir import BeirData
+from .errors import ProrankError
+from .metrics import evaluate_run, metric_label, write_trec_run
+
+if TYPE_CHECKING:
+    from .reranker import Reranker
+
+MRR_NDCG_K = 10
+
+
+@dataclass
+class Candidate:
+    """One first-stage candidate of a query, with its BM25 score and (once reranked) its reranker score."""
+
+    doc_id: str
+    bm25_score: float
+    rerank_score: float | None = None
+
+
+@dataclass
+class EvalReport:
+    """Metrics per system ("bm25", "reranker", ...), with what produced them.
+
+    `candidates[qid]` keeps every query's candidates in BM25 order with both scores, so further systems
+    (e.g. a BM25 / reranker score fusion) can be built from it and added with `add_system`.
+    """
+
+    dataset: str
+    split: str
+    top_k: int
+    qrels: dict[str, dict[str, int]]
+    candidates: dict[str, list[Candidate]]
+    corpus_size: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    runs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    pairs_scored: int = 0
+    model: dict | None = None
+    instruction: str | None = None
+
+    @property
+    def queries(self) -> int:
+        return len(self.qrels)
+
+    @property
+    def recall_k(self) -> int:
+        return self.top_k
+
+    def add_system(self, name: str, run: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Score a run over this report's queries and list it as system `name`; returns its mean metrics."""
+        result = evaluate_run(self.qrels, run, k_values=(MRR_NDCG_K,), recall_k=self.recall_k)
+        self.runs[name] = run
+        self.metrics[name] = result["mean"]
+        self.per_query[name] = result["per_query"]
+        return result["mean"]
+
+    def to_dict(self, per_query: bool = False) -> dict:
+        """JSON-ready summary; per-query values only when asked (they are large)."""
+        out = {
+            "dataset": self.dataset,
+            "split": self.split,
+            "top_k": self.top_k,
+            "counts": {
+                "queries": self.queries,
+                "corpus": self.corpus_size,
+                "candidates": sum(len(c) for c in self.candidates.values()),
+                "pairs_scored": self.pairs_scored,
+            },
+            "metrics": self.metrics,
+            "timing": self.timing,
+            "model": self.model,
+            "instruction": self.instruction,
+        }
+        if per_query:
+            out["per_query"] = self.per_query
+        return out
+
+    def format_table(self) -> str:
+        """An aligned plain-text table, one row per system, with a title line and a timing line."""
+        keys = list(next(iter(self.metrics.values()), {}))
+        header = ["system"] + [metric_label(k) for k in keys]
+        rows = [[name] + [f"{values[k]:.4f}" for k in keys] for name, values in self.metrics.items()]
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        title = f"{self.dataset} ({self.split}): {self.queries} queries, BM25 top {self.top_k} of {self.corpus_size} documents"
+        lines = [title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        if self.pairs_scored:
+            lines.append(f"reranked {self.pairs_scored} pairs in {self.timing['rerank_s']:.1f} s "
+                         f"({self.timing['pairs_per_s']:.1f} pairs/s)")
+        return "\n".join(lines)
+
+
+def _progress(total: int, show: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if show is None else not show
+    return tqdm(total=total, desc=desc, unit="query", disable=disable, file=sys.stderr, leave=False)
+
+
+def evaluate_reranker(data: BeirData, reranker: "Reranker | None" = None, top_k: int = 100,
+                      max_queries: int | None = None, instruction: str | None = None, batch_size: int | None = None,
+                      show_progress: bool | None = None, run_file: str | None = None) -> EvalReport:
+    """BM25 top `top_k` candidates for each query of `data`, reranked by `reranker` when given.
+
+    max_queries: only the split's first N queries (qrels file order). run_file: the last system's run
+    (the reranker's, else BM25's) is written there in TREC format.
+    """
+    from .bm25 import BM25Retriever
+
+    if top_k < 1:
+        raise ProrankError("top_k must be at least 1")
+    if max_queries is not None and max_queries < 1:
+        raise ProrankError("max_queries must be at least 1")
+    qids = list(data.queries)[:max_queries]
+
+    start = time.perf_counter()
+    retriever = BM25Retriever(data.corpus)
+    indexed = time.perf_counter()
+    doc_lists, score_rows = retriever.retrieve([data.queries[q] for q in qids], top_k)
+    retrieved = time.perf_counter()
+
+    report = EvalReport(
+        dataset=data.name, split=data.split, top_k=top_k, qrels={q: data.qrels[q] for q in qids},
+        candidates={
+            qid: [Candidate(d, float(s)) for d, s in zip(docs, scores)]
+            for qid, docs, scores in zip(qids, doc_lists, score_rows.tolist())
+        },
+        corpus_size=len(data.corpus), instruction=instruction,
+    )
+    report.timing = {"bm25_index_s": indexed - start, "bm25_retrieve_s": retrieved - indexed}
+    report.add_system("bm25", {q: {c.doc_id: c.bm25_score for c in cands} for q, cands in report.candidates.items()})
+
+    if reranker is not None:
+        report.model = reranker.describe()
+        start = time.perf_counter()
+        with _progress(len(qids), show_progress, "reranking") as bar:
+            for qid in qids:
+                cands = report.candidates[qid]
+                if cands:
+                    texts = [data.corpus[c.doc_id].full_text for c in cands]
+                    ranked = reranker.rank(data.queries[qid], texts, return_documents=False,
+                                           instruction=instruction, batch_size=batch_size, show_progress_bar=False)
+                    for item in ranked:  # corpus_id is the index into `texts`, i.e. into `cands`
+                        cands[item["corpus_id"]].rerank_score = item["score"]
+                    report.pairs_scored += len(cands)
+                bar.update(1)
+        elapsed = time.perf_counter() - start
+        report.timing.update(rerank_s=elapsed, pairs_per_s=report.pairs_scored / elapsed if elapsed > 0 else 0.0)
+        report.add_system("reranker", {q: {c.doc_id: c.rerank_score for c in cands}
+                                       for q, cands in report.candidates.items()})
+
+    if run_file is not None:
+        name = list(report.runs)[-1]
+        write_trec_run(run_file, report.runs[name], tag="prorank-edge" if name == "reranker" else name)
+    return report
