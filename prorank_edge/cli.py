@@ -6,12 +6,11 @@ import json
 import sys
 
 import click
+import numpy as np
 
 from . import __version__
-from .backends import BACKEND_NAMES
+from .commands.options import load_reranker, model_options
 from .errors import InputError, ProrankError
-
-BACKEND_CHOICE = click.Choice(("auto",) + BACKEND_NAMES)
 
 
 class _Group(click.Group):
@@ -44,37 +43,6 @@ def main() -> None:
     """
 
 
-def model_options(func):
-    """The options every command that loads a reranker shares."""
-    options = [
-        click.option("--model", "-m", default=None, metavar="M",
-                     help="Checkpoint folder, exported artifact (.gguf file or ONNX folder), or Hub id such as "
-                          "mixedbread-ai/mxbai-rerank-base-v2. Default: the built-in offline model."),
-        click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True,
-                     help="Inference engine; auto picks it from the model."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True,
-                     help="torch backend precision; auto = bf16 on GPUs and on CPUs with native bf16, else fp32."),
-        click.option("--max-length", type=click.IntRange(min=16), default=None,
-                     help="Tokens per prompt, template included; only the document is cut. Default: the "
-                          "model's contract (512)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-                     help="Prompts per forward pass."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def load_reranker(model, backend, device, dtype, max_length, batch_size, threads):
-    from .reranker import Reranker
-
-    return Reranker(model, backend=backend, device=device, dtype=dtype, max_length=max_length,
-                    batch_size=batch_size, threads=threads)
-
-
 def _snippet(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -91,9 +59,12 @@ def _snippet(text: str, width: int) -> str:
                                       "for scripts.")
 @click.option("--normalize/--raw", default=False, show_default=True,
               help="Report sigmoid-normalized scores in [0, 1] instead of raw logit differences.")
+@click.option("--fusion-weight", type=click.FloatRange(0.0, 1.0), default=None, metavar="W",
+              help="Blend with the documents' first-stage \"score\" field: W x reranker + (1 - W) x first stage, "
+                   "each min-max normalized over the documents. Every document must carry a score.")
 @model_options
-def rerank(query, docs_path, top_k, instruction, output_format, normalize, model, backend, device, dtype, max_length,
-           batch_size, threads):
+def rerank(query, docs_path, top_k, instruction, output_format, normalize, fusion_weight, model, backend, device,
+           dtype, max_length, batch_size, threads):
     """Rerank documents for a query, best first.
 
     Every document appears exactly once in the output (unless --top-k cuts the list). The score is
@@ -108,19 +79,34 @@ def rerank(query, docs_path, top_k, instruction, output_format, normalize, model
     if not query.strip():
         raise InputError("--query is empty")
     documents = load_documents(docs_path)
+    if fusion_weight is not None:
+        unscored = next((d for d in documents if d.score is None), None)
+        if unscored is not None:
+            raise InputError(f"{docs_path}:{unscored.line}: field 'score' is missing; --fusion-weight needs a "
+                             "first-stage score on every document")
     with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
-        ranked = reranker.rank(query, [d.full_text for d in documents], top_k=top_k, return_documents=False,
-                               instruction=instruction, normalize=normalize)
+        scores = reranker.predict([(query, d.full_text) for d in documents], instruction=instruction,
+                                  normalize=normalize)
         info = reranker.describe()
+    final = scores
+    if fusion_weight is not None:
+        from .fusion import fuse_scores
+
+        final = fuse_scores([d.score for d in documents], scores, fusion_weight)
+    order = np.argsort(-np.asarray(final), kind="stable")[:top_k]
     records = []
-    for rank, item in enumerate(ranked, start=1):
-        doc = documents[item["corpus_id"]]
-        record = {"rank": rank, "id": doc.id, "score": round(item["score"], 6), "text": doc.text}
+    for rank, index in enumerate(order, start=1):
+        doc = documents[index]
+        record = {"rank": rank, "id": doc.id, "score": round(float(final[index]), 6)}
+        if fusion_weight is not None:
+            record.update(rerank_score=round(float(scores[index]), 6), first_stage_score=doc.score)
         if doc.title:
             record["title"] = doc.title
+        record["text"] = doc.text
         records.append(record)
     if output_format == "json":
-        click.echo(json.dumps({"query": query, "model": info, "count": len(documents), "results": records},
+        click.echo(json.dumps({"query": query, "model": info, "count": len(documents),
+                               "fusion_weight": fusion_weight, "results": records},
                               ensure_ascii=False, indent=2))
     elif output_format == "jsonl":
         for record in records:

@@ -7,8 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .beir import BeirData
 from .errors import ProrankError
+from .fusion import fuse_scores
 from .metrics import evaluate_run, metric_label, write_trec_run
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ class EvalReport:
     pairs_scored: int = 0
     model: dict | None = None
     instruction: str | None = None
+    #: weight and how it was chosen, when a fusion system was added
+    fusion: dict | None = None
 
     @property
     def queries(self) -> int:
@@ -81,6 +86,8 @@ class EvalReport:
             "model": self.model,
             "instruction": self.instruction,
         }
+        if self.fusion is not None:
+            out["fusion"] = self.fusion
         if per_query:
             out["per_query"] = self.per_query
         return out
@@ -166,3 +173,38 @@ def evaluate_reranker(data: BeirData, reranker: "Reranker | None" = None, top_k:
         name = list(report.runs)[-1]
         write_trec_run(run_file, report.runs[name], tag="prorank-edge" if name == "reranker" else name)
     return report
+
+
+# ---- fusion with the first stage -------------------------------------------------------------------------
+FUSION_GRID = tuple(round(w / 10, 1) for w in range(11))
+
+
+def fusion_run(report: EvalReport, weight: float) -> dict[str, dict[str, float]]:
+    run = {}
+    for qid, cands in report.candidates.items():
+        if not cands:
+            run[qid] = {}
+            continue
+        if any(c.rerank_score is None for c in cands):
+            raise ProrankError("fusion needs reranker scores; evaluate with a reranker first")
+        fused = fuse_scores([c.bm25_score for c in cands], [c.rerank_score for c in cands], weight)
+        run[qid] = {c.doc_id: float(s) for c, s in zip(cands, fused)}
+    return run
+
+
+def add_fusion(report: EvalReport, weight: float, name: str = "fusion") -> dict[str, float]:
+    """Add the fused system to `report` (its table and JSON) and return its mean metrics."""
+    return report.add_system(name, fusion_run(report, weight))
+
+
+def tune_fusion_weight(report: EvalReport, grid=FUSION_GRID) -> tuple[float, dict[float, float]]:
+    """The grid weight with the best nDCG@10 on `report`'s queries (ties: the smaller weight, closer to BM25).
+
+    Call it on a report of the train or dev split, never on the split you report.
+    """
+    scores = {}
+    for weight in grid:
+        result = evaluate_run(report.qrels, fusion_run(report, weight), k_values=(MRR_NDCG_K,), recall_k=report.top_k)
+        scores[weight] = result["mean"][f"ndcg@{MRR_NDCG_K}"]
+    best = max(grid, key=lambda w: (scores[w], -w))
+    return best, scores

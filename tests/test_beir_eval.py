@@ -251,7 +251,7 @@ def test_eval_command_bm25_only_json_and_run_file(scifact_dir, tmp_path):
     lines = run_file.read_text().splitlines()
     assert len(lines) == 20 * 100  # the default --top-k
     qid, q0, docid, rank, score, tag = lines[0].split()
-    assert (qid, q0, rank, tag) == ("1", "Q0", "1", "bm25") and docid in load_beir(scifact_dir).corpus
+    assert (qid, q0, rank, tag) == ("1", "Q0", "1", "prorank-edge-bm25") and docid in load_beir(scifact_dir).corpus
     float(score)
 
 

@@ -7,47 +7,53 @@ import json
 import click
 
 from ..errors import ProrankError
+from .options import load_reranker, model_options
 
 
 @click.command("eval")
 @click.option("--data", "data_spec", required=True, metavar="DIR_OR_NAME",
               help="A BEIR dataset folder, or a BEIR dataset name (e.g. scifact) to download once into the cache.")
 @click.option("--split", default="test", show_default=True, help="The qrels split (qrels/SPLIT.tsv).")
-@click.option("--model", default=None, help="Model folder, exported artifact or Hub id (default: the built-in model).")
 @click.option("--bm25-only", is_flag=True, help="Evaluate the BM25 first stage alone; needs no model.")
 @click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
               help="BM25 candidates per query (what the reranker reorders, and the Recall@k depth).")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
               help="Only the split's first N queries (in qrels file order).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pairs per forward pass.")
-@click.option("--max-length", type=click.IntRange(min=1), default=None,
-              help="Whole prompt length in tokens (default: the model's contract).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "gguf"]), default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--instruction", default=None, help="A task instruction for the prompt template.")
+@click.option("--fusion-weight", default=None, metavar="W|auto",
+              help="Also report BM25 + reranker fusion: W x reranker + (1 - W) x BM25 (each min-max normalized "
+                   "per query). 'auto' picks W on --tune-split, never on the evaluated split.")
+@click.option("--tune-split", default="train", show_default=True, help="Split that --fusion-weight auto tunes on.")
+@click.option("--tune-queries", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Queries of --tune-split used by --fusion-weight auto.")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--run-file", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the reranked run (the BM25 run with --bm25-only) here in TREC format.")
+              help="Write the last system's run (fusion, reranker, or BM25 with --bm25-only) here in TREC format.")
 @click.option("--quiet", is_flag=True, help="No progress bars or status lines on stderr.")
-def eval_command(data_spec, split, model, bm25_only, top_k, max_queries, batch_size, max_length, backend, device,
-                 instruction, output, run_file, quiet):
+@model_options
+def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, fusion_weight, tune_split,
+                 tune_queries, output, run_file, quiet, model, backend, device, dtype, max_length, batch_size,
+                 threads):
     """Evaluate BM25 and a ProRank reranker on a BEIR dataset split.
 
     BM25 (Lucene variant, k1=1.5, b=0.75, English stopwords and stemming) retrieves the top --top-k
     documents of the whole corpus for each judged query; the reranker then reorders those candidates.
-    Prints nDCG@10, MRR@10 and Recall@top-k (trec_eval semantics) for both systems side by side; every
+    Prints nDCG@10, MRR@10 and Recall@top-k (trec_eval semantics) for each system side by side; every
     query of the split counts.
 
     \b
     Examples:
       prorank-edge eval --data scifact --bm25-only
       prorank-edge eval --data ./beir/nfcorpus --model ./my-reranker --max-queries 100 --output json
+      prorank-edge eval --data scifact --top-k 20 --fusion-weight auto
     """
     from ..beir import load_beir, resolve_beir
-    from ..evaluate import evaluate_reranker
+    from ..evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
+    from ..metrics import write_trec_run
 
-    if bm25_only and model is not None:
-        raise ProrankError("--bm25-only evaluates BM25 alone; leave out --model, or drop --bm25-only")
+    if bm25_only and (model is not None or fusion_weight is not None):
+        raise ProrankError("--bm25-only evaluates BM25 alone; leave out --model and --fusion-weight")
+    weight = _parse_weight(fusion_weight)
     show_progress = False if quiet else None
 
     def status(message: str) -> None:
@@ -59,22 +65,48 @@ def eval_command(data_spec, split, model, bm25_only, top_k, max_queries, batch_s
     subset = f" (evaluating the first {max_queries})" if max_queries and max_queries < len(data.queries) else ""
     status(f"{data.name} ({split}): {len(data.corpus)} documents, {len(data.queries)} judged queries{subset}")
 
-    reranker = None
-    if not bm25_only:
-        from ..reranker import Reranker  # only here: --bm25-only must not pay for (or need) torch
+    if bm25_only:
+        report = evaluate_reranker(data, None, top_k=top_k, max_queries=max_queries, show_progress=show_progress)
+    else:
+        fusion = {}
+        with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
+            if weight == "auto":
+                if tune_split == split:
+                    raise ProrankError("--tune-split must differ from --split: tuning on the evaluated split "
+                                       "would overstate the fusion")
+                status(f"tuning the fusion weight on {tune_queries} {tune_split} queries")
+                tuning = evaluate_reranker(load_beir(path, tune_split), reranker, top_k=top_k,
+                                           max_queries=tune_queries, instruction=instruction,
+                                           show_progress=show_progress)
+                weight, grid = tune_fusion_weight(tuning)
+                fusion = {"tuned_on": tune_split, "tune_queries": tuning.queries,
+                          "ndcg@10_by_weight": {str(w): v for w, v in grid.items()}}
+            report = evaluate_reranker(data, reranker, top_k=top_k, max_queries=max_queries,
+                                       instruction=instruction, show_progress=show_progress)
+        if weight is not None:
+            add_fusion(report, weight)
+            report.fusion = {"weight": weight, **fusion}
 
-        options = {"batch_size": batch_size} if batch_size is not None else {}
-        reranker = Reranker(model, backend=backend, device=device, max_length=max_length, **options)
-    try:
-        report = evaluate_reranker(data, reranker, top_k=top_k, max_queries=max_queries, instruction=instruction,
-                                   show_progress=show_progress, run_file=run_file)
-    finally:
-        if reranker is not None:
-            reranker.close()
-
+    if run_file:
+        name = list(report.runs)[-1]
+        write_trec_run(run_file, report.runs[name], tag=f"prorank-edge-{name}")
+        status(f"wrote the {name} run to {run_file}")
     if output == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(report.format_table())
-    if run_file:
-        status(f"wrote the {list(report.runs)[-1]} run to {run_file}")
+        if report.fusion:
+            click.echo(f"fusion weight {report.fusion['weight']} "
+                       f"({'tuned on ' + report.fusion['tuned_on'] if 'tuned_on' in report.fusion else 'given'})")
+
+
+def _parse_weight(value):
+    if value is None or value == "auto":
+        return value
+    try:
+        weight = float(value)
+    except ValueError:
+        raise ProrankError(f"--fusion-weight must be a number between 0 and 1, or auto; got {value!r}") from None
+    if not 0.0 <= weight <= 1.0:
+        raise ProrankError(f"--fusion-weight must be between 0 and 1, got {weight}")
+    return weight
