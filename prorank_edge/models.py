@@ -96,7 +96,7 @@ def download_from_hub(repo_id: str) -> Path:
     how = "pass a local model folder or artifact with --model PATH, or leave --model out to use the built-in default"
     try:
         return Path(snapshot_download(repo_id, allow_patterns=[
-            "*.json", "*.safetensors", "*.txt", "*.model", "*.onnx", "*.onnx_data", "*.gguf", "*.jinja"
+            "*.json", "*.safetensors", "*.txt", "*.model", "*.onnx", "*.onnx_data", "*.onnx.data", "*.gguf", "*.jinja"
         ]))
     except GatedRepoError:
         raise ModelNotFoundError(f"{repo_id}: this Hub model is gated; log in with `hf auth login` first") from None

@@ -1,0 +1,341 @@
+"""ONNX export and the onnx backend: parity with the torch reference, quantized ranking agreement, bad input."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from prorank_edge.contract import ScoringContract  # noqa: E402
+from prorank_edge.errors import ContractError, ProrankError  # noqa: E402
+
+# SmolLM2 prompts (85 template tokens) are cut to this length: the file scores 40 pairs three times with a
+# 135M-parameter model on two CPU cores.
+SMOLLM2_MAX_LENGTH = 128
+PARITY_ATOL = 1e-3
+MIN_SPEARMAN = {"int8": 0.99, "int4": 0.95}
+
+
+def _export(*args, **kwargs):
+    from prorank_edge.export.onnx_export import export_onnx
+
+    return export_onnx(*args, **kwargs)
+
+
+def _quantize(*args, **kwargs):
+    from prorank_edge.export.onnx_export import quantize_onnx
+
+    return quantize_onnx(*args, **kwargs)
+
+
+def _torch_backend(model_dir, **kwargs):
+    from prorank_edge.backends.torch_backend import TorchBackend
+
+    return TorchBackend(model_dir, dtype="float32", device="cpu", **kwargs)
+
+
+def _onnx_backend(path, **kwargs):
+    from prorank_edge.backends.onnx_backend import OnnxBackend
+
+    return OnnxBackend(path, **kwargs)
+
+
+def _leftovers(parent: Path) -> list[str]:
+    """Staging or moved-aside folders an export leaves behind when it fails."""
+    return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+
+
+# ---- artifacts (exported once per session) ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_onnx(tiny_qwen2_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "tiny_qwen2"
+    _export(tiny_qwen2_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_onnx(tiny_llama_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "tiny_llama"
+    _export(tiny_llama_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
+    """fp32 traced once; int8 and int4 quantized from it (what export_onnx(quant=...) does after tracing)."""
+    root = tmp_path_factory.mktemp("smollm2_onnx")
+    artifacts = {"fp32": root / "fp32"}
+    _export(smollm2_dir, artifacts["fp32"], max_length=SMOLLM2_MAX_LENGTH)
+    for quant in ("int8", "int4"):
+        artifacts[quant] = root / quant
+        _quantize(artifacts["fp32"], artifacts[quant], quant)
+    return artifacts
+
+
+# ---- pairs -----------------------------------------------------------------------------------------------
+
+def mixed_length_pairs(count: int = 16) -> list[tuple[str, str]]:
+    """Pairs whose prompts differ in length by hundreds of tokens, so a batch is mostly left padding."""
+    queries = ["what does a reranker do", "effects of vitamin D on bone density", "how do transformers attend"]
+    words = ("the model reads each document and the query together before it decides whether the passage "
+             "answers the question that was asked about proteins cells and clinical trials").split()
+    text = words * 30
+    return [(queries[i % len(queries)], " ".join(text[3 * i: 3 * i + 4 + 22 * i])) for i in range(count)]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@pytest.fixture(scope="session")
+def scifact_pairs(scifact_dir) -> list[tuple[str, str]]:
+    """4 SciFact test queries x 10 candidates: the relevant abstracts, then the best idf-weighted word overlap."""
+    corpus = [json.loads(line) for line in (scifact_dir / "corpus.jsonl").open(encoding="utf-8")]
+    queries = {q["_id"]: q["text"] for q in map(json.loads, (scifact_dir / "queries.jsonl").open(encoding="utf-8"))}
+    relevant = collections.defaultdict(set)
+    for line in (scifact_dir / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        query_id, doc_id, _ = line.split("\t")
+        relevant[query_id].add(doc_id)
+    texts = [f"{d['title']} {d['text']}" for d in corpus]
+    doc_words = [_words(t) for t in texts]
+    df = collections.Counter(w for ws in doc_words for w in ws)
+    pairs = []
+    for query_id in sorted(relevant, key=int)[:4]:
+        query_words = _words(queries[query_id])
+        overlap = [sum(math.log(len(corpus) / df[w]) for w in query_words & ws) for ws in doc_words]
+        ranked = sorted(range(len(corpus)), key=lambda i: -overlap[i])
+        rel = [i for i, d in enumerate(corpus) if d["_id"] in relevant[query_id]]
+        candidates = (rel + [i for i in ranked if i not in rel])[:10]
+        pairs += [(queries[query_id], texts[i]) for i in candidates]
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_dir, scifact_pairs):
+    """Token ids and torch fp32 scores of the SciFact pairs on SmolLM2."""
+    backend = _torch_backend(smollm2_dir, max_length=SMOLLM2_MAX_LENGTH)
+    token_ids = backend.prompts.build_pairs(scifact_pairs)
+    scores = _score_in_batches(backend, token_ids)
+    backend.close()
+    return token_ids, scores
+
+
+def _score_in_batches(backend, token_ids, size: int = 8) -> np.ndarray:
+    return np.concatenate([backend.score_batch(token_ids[i:i + size]) for i in range(0, len(token_ids), size)])
+
+
+# ---- fp32 parity -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_fp32_scores_match_torch(kind, request):
+    model_dir = request.getfixturevalue(f"tiny_{kind}_dir")
+    artifact = request.getfixturevalue(f"tiny_{kind}_onnx")
+    pairs = mixed_length_pairs()
+    reference = _torch_backend(model_dir)
+    backend = _onnx_backend(artifact)
+    token_ids = backend.prompts.build_pairs(pairs)
+    assert token_ids == reference.prompts.build_pairs(pairs)
+    lengths = [len(ids) for ids in token_ids]
+    assert max(lengths) - min(lengths) > 200  # the batch below is mostly left padding
+
+    expected = reference.score_batch(token_ids)
+    scores = backend.score_batch(token_ids)
+    assert scores.dtype == np.float32 and scores.shape == (len(pairs),)
+    assert np.ptp(expected) > 10 * PARITY_ATOL  # distinct scores, so agreement is not trivially met
+    assert np.abs(scores - expected).max() < PARITY_ATOL
+    # A row scored alone (no padding) gets its batched score.
+    for row in (int(np.argmin(lengths)), int(np.argmax(lengths))):
+        assert abs(backend.score_batch([token_ids[row]])[0] - scores[row]) < PARITY_ATOL
+
+
+def test_artifact_contents(tiny_qwen2_onnx, tiny_qwen2_dir):
+    info = json.loads((tiny_qwen2_onnx / "export_info.json").read_text())
+    assert info["quant"] == "fp32" and info["format"] == "onnx" and info["architecture"] == "Qwen2ForCausalLM"
+    assert info["files"]["model.onnx"] == (tiny_qwen2_onnx / "model.onnx").stat().st_size
+    contract = ScoringContract.load(tiny_qwen2_onnx)
+    assert (contract.positive_token_id, contract.negative_token_id) == (info["positive_token_id"],
+                                                                       info["negative_token_id"])
+    assert contract.positive_token_id is not None
+    assert (tiny_qwen2_onnx / "tokenizer.json").read_bytes() == (tiny_qwen2_dir / "tokenizer.json").read_bytes()
+
+    import onnx
+
+    graph = onnx.load(str(tiny_qwen2_onnx / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["score"]
+    # Only the embedding table has a vocabulary axis: no LM head, no [batch, seq, vocab] logits.
+    vocab = json.loads((tiny_qwen2_dir / "config.json").read_text())["vocab_size"]
+    assert sum(vocab in init.dims for init in graph.initializer) == 1
+
+
+def test_fp16_scores_close(tiny_qwen2_onnx, tmp_path):
+    fp16 = tmp_path / "fp16"
+    info = _quantize(tiny_qwen2_onnx, fp16, "fp16")
+    assert info["quant"] == "fp16" and info["model_bytes"] < 0.6 * info["fp32_model_bytes"]
+    token_ids = _onnx_backend(fp16).prompts.build_pairs(mixed_length_pairs())
+    expected = _onnx_backend(tiny_qwen2_onnx).score_batch(token_ids)
+    scores = _onnx_backend(fp16).score_batch(token_ids)
+    assert scores.dtype == np.float32
+    assert np.abs(scores - expected).max() < 2e-2
+
+
+# ---- quantized SmolLM2 -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_ranking_agrees_with_torch(quant, smollm2_onnx, smollm2_reference, scifact_pairs):
+    from scipy.stats import spearmanr
+
+    token_ids, expected = smollm2_reference
+    backend = _onnx_backend(smollm2_onnx[quant])
+    assert backend.prompts.build_pairs(scifact_pairs) == token_ids
+    scores = _score_in_batches(backend, token_ids)
+    rho = spearmanr(scores, expected).statistic
+    info = backend.export_info
+    top_agreement = np.mean([np.argmax(scores[i:i + 10]) == np.argmax(expected[i:i + 10])
+                             for i in range(0, len(scores), 10)])
+    print(f"\n{quant}: spearman {rho:.4f}, max abs drift {np.abs(scores - expected).max():.3f}, "
+          f"same top document for {top_agreement:.0%} of queries, "
+          f"{info['model_bytes'] / 1e6:.0f} MB (fp32 {info['fp32_model_bytes'] / 1e6:.0f} MB)")
+    assert rho >= MIN_SPEARMAN[quant]
+    assert info["model_bytes"] < {"int8": 0.5, "int4": 0.25}[quant] * info["fp32_model_bytes"]
+
+
+@pytest.mark.slow
+def test_smollm2_fp32_artifact_matches_torch(smollm2_onnx, smollm2_reference):
+    token_ids, expected = smollm2_reference
+    backend = _onnx_backend(smollm2_onnx["fp32"])
+    assert backend.contract.max_length == SMOLLM2_MAX_LENGTH
+    scores = backend.score_batch(token_ids[:8])  # the tiny models cover parity in depth
+    assert np.abs(scores - expected[:8]).max() < PARITY_ATOL
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+
+def test_existing_output_is_kept_without_overwrite(tiny_qwen2_dir, tmp_path):
+    out = tmp_path / "artifact"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ProrankError, match="already exists"):
+        _export(tiny_qwen2_dir, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_the_whole_folder(tiny_qwen2_onnx, tmp_path):
+    out = tmp_path / "artifact"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    _quantize(tiny_qwen2_onnx, out, "fp32", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in tiny_qwen2_onnx.iterdir())
+    assert _leftovers(tmp_path) == []
+
+
+def test_unknown_quant_is_refused(tiny_qwen2_dir, tiny_qwen2_onnx, tmp_path):
+    with pytest.raises(ProrankError, match="unknown quantization 'int3'"):
+        _export(tiny_qwen2_dir, tmp_path / "a", quant="int3")
+    with pytest.raises(ProrankError, match="unknown quantization"):
+        _quantize(tiny_qwen2_onnx, tmp_path / "b", "q4_k")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_quantization_leaves_nothing(tiny_qwen2_onnx, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen2_onnx, broken)
+    (broken / "model.onnx").write_bytes(b"\x08\x07not a protobuf" * 100)
+    for quant in ("int8", "fp32"):
+        with pytest.raises(ProrankError, match="model.onnx"):
+            _quantize(broken, tmp_path / quant, quant)
+        assert not (tmp_path / quant).exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_corrupt_model_file_names_the_file(tiny_qwen2_onnx, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen2_onnx, broken)
+    (broken / "model.onnx").write_bytes(b"garbage" * 1000)
+    with pytest.raises(ProrankError, match=re.escape(str(broken / "model.onnx"))):
+        _onnx_backend(broken)
+
+
+def test_missing_tokenizer_is_reported(tiny_qwen2_onnx, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_qwen2_onnx / "model.onnx", bare / "model.onnx")
+    with pytest.raises(ProrankError, match="tokenizer.json"):
+        _onnx_backend(bare / "model.onnx")
+
+
+def test_non_causal_architecture_is_refused(qwen_tokenizer_dir, tmp_path):
+    from transformers import T5Config
+
+    model_dir = tmp_path / "t5"
+    shutil.copytree(qwen_tokenizer_dir, model_dir)
+    T5Config(vocab_size=1000, d_model=32, num_layers=1, num_heads=2, d_ff=64).save_pretrained(model_dir)
+    with pytest.raises(ContractError, match="not a causal language model"):
+        _export(model_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_multi_token_label_is_refused(tiny_qwen2_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_qwen2_dir, model_dir)
+    ScoringContract(positive_label="relevant document").save(model_dir)
+    with pytest.raises(ContractError, match="not a single token"):
+        _export(model_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_and_provider_choice(tiny_qwen2_onnx):
+    backend = _onnx_backend(tiny_qwen2_onnx, device="cpu", threads=1)
+    assert backend.describe() == {"backend": "onnx", "providers": ["CPUExecutionProvider"], "threads": 1,
+                                  "quant": "fp32", "model": str(tiny_qwen2_onnx / "model.onnx")}
+    with pytest.raises(ProrankError, match="unknown device"):
+        _onnx_backend(tiny_qwen2_onnx, device="tpu")
+    with pytest.raises(ProrankError, match="not available"):
+        _onnx_backend(tiny_qwen2_onnx, providers=["NoSuchExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProrankError, match="no CUDA support"):
+            _onnx_backend(tiny_qwen2_onnx, device="cuda")
+
+
+# ---- integration -----------------------------------------------------------------------------------------
+
+def test_reranker_picks_the_onnx_backend(tiny_qwen2_onnx, tiny_qwen2_dir):
+    from prorank_edge import Reranker
+
+    documents = [doc for _, doc in mixed_length_pairs(6)]
+    query = "what does a reranker do"
+    with Reranker(str(tiny_qwen2_onnx), batch_size=4) as reranker:
+        assert reranker.backend.name == "onnx"
+        results = reranker.rank(query, documents)
+    reference = _torch_backend(tiny_qwen2_dir)
+    expected = reference.score_batch(reference.prompts.build(query, documents))
+    assert [r["corpus_id"] for r in results] == list(np.argsort(-expected, kind="stable"))
+    assert np.allclose([r["score"] for r in results], np.sort(expected)[::-1], atol=PARITY_ATOL)
+
+
+def test_onnx_backend_runs_without_torch(tiny_qwen2_onnx):
+    """The edge promise: scoring an artifact imports neither torch nor transformers."""
+    code = (
+        "import sys\n"
+        "from prorank_edge import Reranker\n"
+        f"r = Reranker({str(tiny_qwen2_onnx)!r})\n"
+        "print(r.predict([('q', 'a document')])[0])\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch or transformers imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert np.isfinite(float(result.stdout.strip().splitlines()[-1]))
