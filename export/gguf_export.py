@@ -1,0 +1,328 @@
+"""Export a Qwen2 or Llama ProRank checkpoint to one self-contained GGUF file for llama.cpp.
+
+The converter is our own and covers only the two architectures ProRank uses. It writes f16 with the `gguf`
+package, then `llama_model_quantize` (llama-cpp-python) makes q8_0 or q4_k_m, since the numpy quantizers
+in `gguf` cannot make K-quants. Beside llama.cpp's usual keys, two keys make the file a complete reranker:
+
+    prorank.contract        the scoring contract as JSON, label token ids filled in
+    prorank.tokenizer_json  the checkpoint's tokenizer.json, so the runtime tokenizes exactly like torch
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import PromptBuilder, ScoringContract
+from ..errors import MissingExtraError, ProrankError
+
+CONTRACT_KEY = "prorank.contract"
+TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
+
+# quant name -> llama.cpp file type name (llama_cpp.LLAMA_FTYPE_*); f16 is written directly.
+QUANTS = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+# transformers architecture -> gguf.MODEL_ARCH member name
+ARCHITECTURES = {"Qwen2ForCausalLM": "QWEN2", "LlamaForCausalLM": "LLAMA"}
+
+# Probe text for checking llama.cpp's own tokenizer against the HF one (digits, contractions, newlines,
+# punctuation and a chat marker are where pre-tokenizers differ).
+_TOKENIZER_PROBE = (
+    "<|im_start|>user\nquery: What's 12345 x 67? They'll say  it's\tfine.\n\ndocument: IL-6 (p<0.05) rose 3.5-fold!"
+)
+
+
+def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f16", overwrite: bool = False,
+                max_length: int | None = None) -> dict:
+    """Convert the checkpoint in `model_dir` to a GGUF reranker at `output_path`; returns what was written.
+
+    quant: "f16", "q8_0" or "q4_k_m". max_length: stored in the file's contract (default: the checkpoint's).
+    The file is written under a temporary name beside `output_path` and renamed only when complete.
+    """
+    if quant not in QUANTS:
+        raise ProrankError(f"unknown GGUF quantization {quant!r}; choose one of: {', '.join(QUANTS)}")
+    model_dir, output_path = Path(model_dir), Path(output_path)
+    if not (model_dir / "config.json").is_file():
+        raise ProrankError(f"{model_dir}: not a transformers checkpoint (no config.json)")
+    if output_path.exists() and not overwrite:
+        raise ProrankError(f"{output_path} already exists; pass overwrite=True (--overwrite) to replace it")
+    if output_path.suffix != ".gguf":
+        raise ProrankError(f"{output_path}: a GGUF file name must end in .gguf")
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    arch = _architecture(config, model_dir)
+    if quant != "f16" and not _has_llama_cpp():  # fail before the slow conversion
+        raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp")
+
+    started = time.perf_counter()
+    tokenizer_path = model_dir / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise ProrankError(f"{model_dir}: no tokenizer.json (a fast `tokenizers` tokenizer is needed)")
+    tokenizer_text = tokenizer_path.read_text(encoding="utf-8")
+    from tokenizers import Tokenizer
+
+    prompts = PromptBuilder(Tokenizer.from_str(tokenizer_text), ScoringContract.load(model_dir), max_length)
+
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
+    f16_path = partial.with_suffix(".f16.partial") if quant != "f16" else partial
+    try:
+        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path)
+        fallback = None
+        if quant != "f16":
+            fallback = _quantize(f16_path, partial, quant)
+            f16_path.unlink()
+        tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
+        os.replace(partial, output_path)
+    finally:
+        for leftover in {partial, f16_path}:
+            leftover.unlink(missing_ok=True)
+
+    return {
+        "path": str(output_path),
+        "quant": quant,
+        "architecture": config["architectures"][0],
+        "bytes": output_path.stat().st_size,
+        "pre_tokenizer": pre,
+        "llama_tokenizer_matches_hf": tokenizer_check,
+        "quant_fallback": fallback,
+        "contract": prompts.contract.to_dict(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "source": str(model_dir),
+    }
+
+
+# ---- f16 conversion -------------------------------------------------------------------------------------
+
+def _has_llama_cpp() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _architecture(config: dict, model_dir: Path) -> str:
+    names = config.get("architectures") or [config.get("model_type", "unknown")]
+    if names[0] not in ARCHITECTURES:
+        raise ProrankError(
+            f"{model_dir}: architecture {names[0]} cannot be exported to GGUF; supported: {', '.join(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[names[0]]
+
+
+def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, contract: ScoringContract,
+               path: Path) -> str:
+    """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name."""
+    import gguf
+
+    model_arch = getattr(gguf.MODEL_ARCH, arch)
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[model_arch])
+    n_layers = int(config["num_hidden_layers"])
+    n_head = int(config["num_attention_heads"])
+    n_head_kv = int(config.get("num_key_value_heads") or n_head)
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // n_head)
+
+    writer.add_name(config.get("_name_or_path") or model_dir.name)
+    writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_block_count(n_layers)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    if head_dim != hidden // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    _add_rope_scaling(writer, config, model_dir)
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    vocab_size = int(config["vocab_size"])
+    pre = _add_tokenizer(writer, gguf, model_dir, json.loads(tokenizer_text), vocab_size)
+    writer.add_string(CONTRACT_KEY, contract.to_json())
+    writer.add_string(TOKENIZER_JSON_KEY, tokenizer_text)
+
+    names = gguf.get_tensor_name_map(model_arch, n_layers)
+    tied = bool(config.get("tie_word_embeddings", False))
+    for hf_name, tensor in _read_tensors(model_dir):
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue  # recomputed by llama.cpp / the same matrix as token_embd
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ProrankError(f"{model_dir}: tensor {hf_name} has no GGUF name for {config['architectures'][0]}")
+        if arch == "LLAMA" and (".attn_q." in name or ".attn_k." in name):
+            tensor = _rotary_interleave(tensor, n_head if ".attn_q." in name else n_head_kv)
+        if name == "token_embd.weight" and tensor.shape[0] != vocab_size:
+            raise ProrankError(f"{model_dir}: embedding rows {tensor.shape[0]} differ from vocab_size {vocab_size}")
+        dtype = np.float16 if tensor.ndim == 2 else np.float32
+        writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=dtype))
+
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return pre
+
+
+def _add_rope_scaling(writer, config: dict, model_dir: Path) -> None:
+    scaling = config.get("rope_scaling")
+    if not scaling:
+        return
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind == "linear":
+        import gguf
+
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        return
+    if kind == "default":
+        return
+    raise ProrankError(f"{model_dir}: rope_scaling type {kind!r} is not supported by the GGUF exporter")
+
+
+def _rotary_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Reorder q/k rows from HF's rotate-half layout to the interleaved pairs llama.cpp's Llama rope uses.
+
+    Within each head HF pairs dimension i with i + d/2; llama.cpp pairs 2i with 2i + 1.
+    """
+    rows = weight.shape[0]
+    return (weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def _read_tensors(model_dir: Path):
+    """(name, float32 array) for every tensor of the checkpoint's safetensors files (bf16 included)."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = [p.name for p in sorted(model_dir.glob("*.safetensors"))]
+    if not files:
+        raise ProrankError(f"{model_dir}: no .safetensors weights (save the model with safe_serialization=True)")
+    for file in files:
+        with safe_open(str(model_dir / file), framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name).float().numpy()
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------------
+
+def _add_tokenizer(writer, gguf, model_dir: Path, tokenizer: dict, vocab_size: int) -> str:
+    """Byte-level BPE tokenizer metadata in llama.cpp's "gpt2" form; returns the pre-tokenizer name."""
+    model = tokenizer.get("model", {})
+    if model.get("type") != "BPE":
+        raise ProrankError(f"{model_dir}: only byte-level BPE tokenizers can be exported to GGUF "
+                           f"(this one is {model.get('type')})")
+    tokens: list[str | None] = [None] * vocab_size
+    types = [gguf.TokenType.NORMAL] * vocab_size
+    for text, token_id in model["vocab"].items():
+        if token_id < vocab_size:
+            tokens[token_id] = text
+    for added in tokenizer.get("added_tokens", []):
+        token_id = added["id"]
+        if token_id >= vocab_size:
+            raise ProrankError(f"{model_dir}: added token {added['content']!r} (id {token_id}) is outside the "
+                               f"model's vocabulary of {vocab_size}")
+        tokens[token_id] = added["content"]
+        types[token_id] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    # Checkpoints pad the embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens).
+    for token_id, text in enumerate(tokens):
+        if text is None:
+            tokens[token_id] = f"[PAD{token_id}]"
+            types[token_id] = gguf.TokenType.UNUSED
+
+    pre = _pre_tokenizer_name(tokenizer.get("pre_tokenizer"), model_dir)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
+    special.add_special_token.setdefault("bos", False)  # ProRank prompts never start with BOS
+    special.add_to_gguf(writer, quiet=True)
+    if not special.merges:
+        raise ProrankError(f"{model_dir}: the BPE tokenizer has no merges")
+    return pre
+
+
+_QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def _pre_tokenizer_name(pre_tokenizer: dict | None, model_dir: Path) -> str:
+    """llama.cpp's name for the tokenizer.json pre-tokenizer, recognised by structure.
+
+    Qwen2.5: Split(Qwen2 regex) + ByteLevel; SmolLM2: Digits(individual) + ByteLevel(GPT-2 regex);
+    a GGUF-converted SmolLM2 or GPT-2: ByteLevel(GPT-2 regex) alone.
+    """
+    steps = (pre_tokenizer or {}).get("pretokenizers") if (pre_tokenizer or {}).get("type") == "Sequence" \
+        else [pre_tokenizer] if pre_tokenizer else []
+    kinds = [step.get("type") for step in steps]
+    regexes = [step.get("pattern", {}).get("Regex") for step in steps if step.get("type") == "Split"]
+    byte_level_regex = any(step.get("type") == "ByteLevel" and step.get("use_regex", True) for step in steps)
+    if regexes == [_QWEN2_REGEX] and kinds == ["Split", "ByteLevel"]:
+        return "qwen2"
+    if regexes == [_LLAMA3_REGEX] and kinds == ["Split", "ByteLevel"]:
+        return "llama-bpe"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and byte_level_regex:
+        return "smollm"
+    if kinds == ["ByteLevel"] and byte_level_regex:
+        return "gpt-2"
+    raise ProrankError(f"{model_dir}: pre-tokenizer {json.dumps(pre_tokenizer)[:200]} has no llama.cpp equivalent "
+                       "known to this exporter")
+
+
+# ---- llama.cpp: quantization and checks -------------------------------------------------------------
+
+def _llama_cpp():
+    try:
+        from ..backends.gguf_backend import import_llama_cpp
+
+        return import_llama_cpp()
+    except ImportError:
+        raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp") from None
+
+
+def _quantize(source: Path, target: Path, quant: str) -> str | None:
+    """Quantize with llama.cpp; returns its note on tensors whose rows do not fit the K-quant block size."""
+    from ..backends.gguf_backend import captured_llama_log, llama_error_reason, usable_cores
+
+    llama_cpp = _llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTS[quant])
+    params.nthread = usable_cores()
+    with captured_llama_log(llama_cpp) as log:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    if status != 0 or not target.is_file():
+        raise ProrankError(f"llama.cpp could not quantize {source} to {quant} (status {status})"
+                           f"{llama_error_reason(log)}")
+    # e.g. SmolLM2's 576 columns are no multiple of 256, so most q4_K tensors fall back to q5_0.
+    notes = [m.group(1) for _, text in log if (m := re.search(r"(\d+ of \d+ tensor\(s\)) required fallback", text))]
+    return f"{notes[-1]} fell back to a non-K quant type" if notes else None
+
+
+def _check_with_llama_cpp(path: Path, tokenizer) -> bool:
+    """Load the written file's vocabulary with llama.cpp: the prorank keys must have survived quantization,
+    and the result says whether llama.cpp's own tokenizer agrees with tokenizer.json on a probe text."""
+    from ..backends.gguf_backend import LlamaVocabTokenizer, captured_llama_log, gguf_metadata_string, \
+        load_gguf_model
+
+    llama_cpp = _llama_cpp()
+    model = load_gguf_model(llama_cpp, path, vocab_only=True)
+    try:
+        missing = [key for key in (CONTRACT_KEY, TOKENIZER_JSON_KEY)
+                   if gguf_metadata_string(llama_cpp, model, key) is None]
+        if missing:
+            raise ProrankError(f"{path}: llama.cpp does not see the metadata {', '.join(missing)}")
+        ours = LlamaVocabTokenizer(llama_cpp, model).encode(_TOKENIZER_PROBE).ids
+        return ours == tokenizer.encode(_TOKENIZER_PROBE, add_special_tokens=False).ids
+    finally:
+        with captured_llama_log(llama_cpp):
+            llama_cpp.llama_model_free(model)
