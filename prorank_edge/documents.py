@@ -67,14 +67,20 @@ def load_documents(path: str) -> list[Document]:
     return documents
 
 
-def parse_document(line: str, name: str, number: int) -> Document:
-    where = f"{name}:{number}"
+def parse_json_object(line: str, where: str) -> dict:
+    """One JSONL line as a dict; anything else raises InputError naming `where` (file:line)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def parse_document(line: str, name: str, number: int) -> Document:
+    where = f"{name}:{number}"
+    record = parse_json_object(line, where)
     if "id" in record and "_id" in record and record["id"] != record["_id"]:
         raise InputError(f"{where}: fields 'id' and '_id' disagree")
     doc_id = record.get("id", record.get("_id", str(number)))

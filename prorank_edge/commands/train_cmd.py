@@ -1,0 +1,102 @@
+"""`prorank-edge train stage1|stage2`: the two ProRank training stages, configured by a YAML file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import click
+
+from ..errors import MissingExtraError
+
+
+def _check_extra() -> None:
+    for module, package in (("torch", "torch"), ("transformers", "transformers"), ("trl", "trl"),
+                            ("peft", "peft"), ("yaml", "pyyaml"), ("accelerate", "accelerate"), ("bm25s", "bm25s")):
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError("training", "train", package)
+
+
+def _stage_options(func):
+    options = [
+        click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+                     help="YAML training config (see train/configs/)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config key, e.g. --set stage2.learning_rate=1e-4 --set lora.enabled=true "
+                          "(repeatable; values are YAML)."),
+        click.option("--output", "-o", default=None, type=click.Path(file_okay=False),
+                     help="Output folder (default: the stage's output_dir in the config)."),
+        click.option("--resume", is_flag=True, help="Continue from the last saved step in the output folder."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run(stage: str, config_path, overrides, output, resume) -> None:
+    _check_extra()
+    from ..train.config import load_config
+
+    config = load_config(config_path, overrides)
+    if stage == "stage1":
+        from ..train.stage1_grpo import train_stage1 as train
+    else:
+        from ..train.stage2_listwise import train_stage2 as train
+    out = train(config, output, resume=resume)
+    from ..train.common import read_best
+
+    click.echo(json.dumps({"stage": stage, "model": str(out), "best": read_best(out)}))
+
+
+@click.group("train")
+def train_group() -> None:
+    """The two ProRank training stages; each saves a plain checkpoint that `--model PATH` loads.
+
+    \b
+    stage1  GRPO prompt warm-up: answer the scoring prompt with exactly "0" or "1"
+    stage2  listwise score learning on logit("1") - logit("0"), from stage 1's checkpoint
+
+    Many GPUs: accelerate launch --config_file train/configs/accelerate_ddp.yaml -m prorank_edge.train stage2 ...
+    """
+
+
+@train_group.command("stage1")
+@_stage_options
+def stage1_command(config_path, overrides, output, resume) -> None:
+    """GRPO prompt warm-up (TRL), rewards for the answer's format and its label."""
+    _run("stage1", config_path, overrides, output, resume)
+
+
+@train_group.command("stage2")
+@_stage_options
+def stage2_command(config_path, overrides, output, resume) -> None:
+    """Listwise softmax cross-entropy over each query's group (1 positive + n negatives), optional BCE."""
+    _run("stage2", config_path, overrides, output, resume)
+
+
+@train_group.command("adapter")
+@click.option("--model", "-m", required=True, help="The trained checkpoint (e.g. stage 2's output folder).")
+@click.option("--base", default="smollm2", show_default=True,
+              help="The checkpoint it was trained from ('smollm2': the untrained SmolLM2-135M-Instruct).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Adapter folder to write (prorank_edge/default_adapter makes it the built-in default).")
+@click.option("--rank", type=click.IntRange(min=1), default=16, show_default=True,
+              help="SVD rank kept per weight matrix: size against fidelity.")
+@click.option("--data", "beir", default=None,
+              help="BEIR folder of the training run: measure the adapter and tune its BM25 fusion weight on the "
+                   "run's held-out dev queries (stored in the adapter's contract).")
+@click.option("--split", default="train", show_default=True, help="The training split (its dev queries are used).")
+@click.option("--dev-queries", type=click.IntRange(min=1), default=100, show_default=True,
+              help="data.dev_queries of the training config (with --seed, picks the same held-out queries).")
+@click.option("--seed", default=0, show_default=True, help="seed of the training config.")
+@click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="BM25 candidates per dev query.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Dev queries to measure on.")
+def adapter_command(model, base, output, rank, beir, split, dev_queries, seed, top_k, max_queries) -> None:
+    """Store a trained checkpoint as a low-rank adapter over its base (how the default model is made)."""
+    _check_extra()
+    from ..train.adapter_cmd import build_adapter
+
+    info = build_adapter(model, base, output, rank, beir, split, dev_queries, seed, top_k, max_queries)
+    click.echo(json.dumps({key: info[key] for key in ("base", "rank", "bytes", "dev") if key in info}, indent=2))

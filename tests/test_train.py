@@ -1,0 +1,298 @@
+"""Training: data mining, the listwise loss, both stages on a tiny random model, LoRA merge, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import requires_torch
+
+pytest.importorskip("yaml")
+
+from prorank_edge.errors import InputError  # noqa: E402
+from prorank_edge.train.config import ConfigError, DataConfig, load_config  # noqa: E402
+from prorank_edge.train.data import (Passage, balanced_pairs, from_beir, listwise_groups,  # noqa: E402
+                                     read_jsonl_groups)
+
+TOPICS = ["cats purr", "dogs bark", "birds sing", "fish swim", "bees buzz", "cows moo", "frogs croak", "owls hoot"]
+
+
+def write_beir(root: Path) -> Path:
+    """A small BEIR folder: 8 queries, 4 documents per topic, positives graded 1-2, one judged 0 per query."""
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as corpus:
+        for t, topic in enumerate(TOPICS):
+            for k in range(4):
+                corpus.write(json.dumps({"_id": f"d{t}_{k}", "title": topic, "text": f"{topic} fact {k}"}) + "\n")
+    with (root / "queries.jsonl").open("w") as queries:
+        for t, topic in enumerate(TOPICS):
+            queries.write(json.dumps({"_id": f"q{t}", "text": f"why do {topic}"}) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"]
+    for t in range(len(TOPICS)):
+        lines += [f"q{t}\td{t}_0\t2", f"q{t}\td{t}_1\t1", f"q{t}\td{t}_2\t0"]
+    (root / "qrels" / "train.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_jsonl(path: Path, queries: int = 12) -> Path:
+    with path.open("w") as handle:
+        for i in range(queries):
+            handle.write(json.dumps({
+                "query": f"what do animals of kind {i} eat",
+                "positives": [f"animals of kind {i} eat seeds", {"text": f"kind {i} diet is grain", "grade": 2}],
+                "negatives": [f"the weather on day {j} was mild" for j in range(4)],
+            }) + "\n")
+    return path
+
+
+# ---- data and config --------------------------------------------------------------------------------
+
+def test_beir_mining_keeps_grades_and_never_uses_judged_documents_as_negatives(tmp_path):
+    pytest.importorskip("bm25s")
+    from prorank_edge.beir import load_beir
+
+    data = load_beir(write_beir(tmp_path / "beir"), "train")
+    config = DataConfig(hard_negatives=3, random_negatives=2, bm25_depth=10, dev_queries=2, dev_top_k=5)
+    mined = from_beir(data, config, seed=1)
+    assert len(mined.groups) == 6 and len(mined.dev) == 2
+    assert not {g.query_id for g in mined.groups} & {d.query_id for d in mined.dev}
+    for group in mined.groups:
+        judged = set(data.qrels[group.query_id])
+        assert {(p.doc_id, p.grade) for p in group.positives} == {
+            (d, float(g)) for d, g in data.qrels[group.query_id].items() if g > 0}
+        negative_ids = [n.doc_id for n in group.negatives]
+        assert len(negative_ids) == 5 and len(set(negative_ids)) == 5
+        assert not judged & set(negative_ids), "a judged document (even grade 0) was mined as a negative"
+    again = from_beir(data, config, seed=1)
+    assert [[n.doc_id for n in g.negatives] for g in again.groups] == [[n.doc_id for n in g.negatives]
+                                                                       for g in mined.groups]
+
+
+def test_balanced_pairs_and_listwise_groups():
+    from prorank_edge.train.data import QueryGroup
+
+    groups = [QueryGroup("a", "q", [Passage("p1", 1.0), Passage("p2", 2.0)], [Passage(f"n{i}") for i in range(5)])]
+    pairs = balanced_pairs(groups, seed=0)
+    assert sorted(label for _, _, label in pairs) == [0, 0, 1, 1]
+    lists = listwise_groups(groups, positives_per_group=1, negatives_per_group=3, seed=0)
+    assert len(lists) == 2 and all(len(p) == 4 and p[0].grade > 0 and p[1].grade == 0 for _, p in lists)
+
+
+def test_jsonl_reading_and_errors_name_file_and_line(tmp_path):
+    groups = read_jsonl_groups(write_jsonl(tmp_path / "ok.jsonl", queries=2))
+    assert [p.grade for p in groups[0].positives] == [1.0, 2.0] and len(groups[0].negatives) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "positives": ["a"], "negatives": ["b"]}) + "\n"
+                   + json.dumps({"query": "q", "positives": [{"text": "a", "grade": 0}], "negatives": ["b"]}) + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: field 'positives'\[0\]\.grade"):
+        read_jsonl_groups(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:1: invalid JSON"):
+        read_jsonl_groups(bad)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  jsonl: x.jsonl\nstage2:\n  learning_rate: 1.0e-5\n")
+    config = load_config(path, ["stage2.learning_rate=3e-4", "lora.enabled=true", "stage2.mixed_precision=no"])
+    assert config.stage2.learning_rate == 3e-4 and config.lora_for("stage2").enabled
+    assert config.stage2.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="stage2: unknown key"):
+        load_config(path, ["stage2.learning_rte=1"])
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(path, ["stage1.max_steps=lots"])
+
+
+# ---- the listwise loss -----------------------------------------------------------------------------
+
+@requires_torch
+def test_listwise_loss_targets_follow_grades():
+    import torch
+
+    from prorank_edge.train.stage2_listwise import listwise_loss
+
+    scores = torch.tensor([[2.0, 0.0, -1.0]])
+    loss, _ = listwise_loss(scores, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert loss.item() == pytest.approx(-torch.log_softmax(scores, 1)[0, 0].item(), rel=1e-6)
+    # Two graded positives: the target puts e^2 : e^1 of the mass on them, none on the negative.
+    grades = torch.tensor([[2.0, 1.0, 0.0]])
+    loss, _ = listwise_loss(scores, grades)
+    target = torch.tensor([np.e ** 2, np.e, 0.0]) / (np.e ** 2 + np.e)
+    expected = -(target * torch.log_softmax(scores, 1)[0]).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with_bce, parts = listwise_loss(scores, grades, bce_weight=0.5)
+    assert with_bce.item() > loss.item() and "bce" in parts
+
+
+# ---- stages on a tiny model ------------------------------------------------------------------------
+
+def _weights(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _changed(before: dict, after: dict) -> bool:
+    return any(not np.array_equal(before[k], after[k]) for k in before if k in after)
+
+
+@requires_torch
+def test_stage2_loss_falls_on_a_fixed_batch(tiny_qwen2_dir):
+    import torch
+
+    from prorank_edge.train.common import load_model_and_tokenizer
+    from prorank_edge.train.stage2_listwise import GroupScorer, _grades, group_scores, listwise_loss
+
+    torch.manual_seed(0)
+    model, _, prompts = load_model_and_tokenizer(str(tiny_qwen2_dir), 96)
+    scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id)
+    groups = [(f"what do kind {i} eat", [Passage(f"kind {i} eat seeds", 1.0)]
+               + [Passage(f"weather {j} was mild", 0.0) for j in range(3)]) for i in range(2)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss, _ = listwise_loss(group_scores(scorer, prompts, groups, "cpu"), _grades(groups))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.7, losses
+
+
+@requires_torch
+def test_lora_merge_saves_a_plain_checkpoint_that_scores_like_the_merged_model(tiny_qwen2_dir, tmp_path):
+    import torch
+    from peft import get_peft_model
+
+    from prorank_edge.backends.torch_backend import TorchBackend
+    from prorank_edge.reranker import Reranker
+    from prorank_edge.train.common import load_model_and_tokenizer, merged_copy, peft_config, save_checkpoint
+    from prorank_edge.train.config import LoraConfig
+    from prorank_edge.train.stage2_listwise import GroupScorer, _grades, group_scores, listwise_loss
+
+    model, tokenizer, prompts = load_model_and_tokenizer(str(tiny_qwen2_dir), 96)
+    model = get_peft_model(model, peft_config(LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)))
+    groups = [("what do cats eat", [Passage("cats eat fish", 1.0), Passage("it rained", 0.0)])]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id)
+    for _ in range(2):  # LoRA's B starts at zero: the second step makes the adapter non-trivial
+        listwise_loss(group_scores(scorer, prompts, groups, "cpu"), _grades(groups))[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = save_checkpoint(model, tokenizer, prompts.contract, tmp_path / "merged")
+    assert {"config.json", "model.safetensors", "prorank_contract.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    assert not any("lora" in k for k in _weights(out)), "the saved weights still hold LoRA tensors"
+    assert _changed(_weights(Path(tiny_qwen2_dir)), _weights(out))
+
+    pairs = [("what do cats eat", "cats eat fish"), ("what do cats eat", "it rained all day")]
+    in_memory = Reranker.from_backend(TorchBackend(str(tiny_qwen2_dir), model=merged_copy(model),
+                                                   tokenizer=tokenizer, dtype="float32", device="cpu"))
+    loaded = Reranker(str(out), dtype="float32", device="cpu")
+    assert loaded.contract.max_length == 96
+    np.testing.assert_allclose(loaded.predict(pairs), in_memory.predict(pairs), rtol=1e-5, atol=1e-5)
+
+
+@requires_torch
+def test_stage2_trains_saves_and_resumes(tiny_qwen2_dir, tmp_path):
+    from prorank_edge.reranker import Reranker
+    from prorank_edge.train.stage2_listwise import train_stage2
+
+    data = write_jsonl(tmp_path / "train.jsonl", queries=6)
+    base = ["model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=2",
+            "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
+            "stage2.learning_rate=1e-3", "stage2.groups_per_step=2", "stage2.eval_steps=2", "stage2.save_steps=2",
+            "stage2.logging_steps=1"]
+    out = tmp_path / "stage2"
+    train_stage2(load_config(None, base + ["stage2.max_steps=2"]), out)
+    assert _changed(_weights(Path(tiny_qwen2_dir)), _weights(out))
+    Reranker(str(out), device="cpu").predict([("q", "d")])
+
+    train_stage2(load_config(None, base + ["stage2.max_steps=3"]), out, resume=True)
+    events = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    assert starts[-1]["resume_step"] == 2
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
+    assert (out / "best.json").is_file()
+
+
+def _label_prone_copy(tiny_dir: Path, target: Path) -> Path:
+    """The tiny model, edited so its first generated token is "0" or "1" about half the time each.
+
+    A random-weight model never emits a label, so every reward would be 0 and GRPO would have nothing to learn.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prorank_edge.contract import PromptBuilder
+
+    shutil.copytree(tiny_dir, target)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    prompts = PromptBuilder(tokenizer.backend_tokenizer)
+    ids = torch.tensor([prompts.build("a query", ["a document"])[0]])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state[0, -1]
+        head = model.get_output_embeddings().weight
+        for label in (prompts.positive_token_id, prompts.negative_token_id):
+            head[label] = hidden * (40.0 / hidden.norm() ** 2)
+    model.save_pretrained(target)
+    return target
+
+
+@requires_torch
+def test_stage1_grpo_runs_and_changes_the_weights(tiny_qwen2_dir, tmp_path):
+    pytest.importorskip("trl")
+    from prorank_edge.train.stage1_grpo import train_stage1
+
+    model_dir = _label_prone_copy(Path(tiny_qwen2_dir), tmp_path / "label_prone")
+    data = write_jsonl(tmp_path / "train.jsonl", queries=6)
+    config = load_config(None, [
+        f"model={model_dir}", f"data.jsonl={data}", "data.dev_queries=2", "max_length=96",
+        "stage1.max_steps=2", "stage1.prompts_per_step=2", "stage1.num_generations=4",
+        "stage1.max_completion_length=1", "stage1.learning_rate=1e-3", "stage1.eval_steps=0",
+        "stage1.save_steps=100", "stage1.logging_steps=1",
+    ])
+    out = train_stage1(config, tmp_path / "stage1")
+    assert _changed(_weights(model_dir), _weights(out))
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    rewards = [e for e in logged if e["event"] == "train" and "rewards/format_reward/mean" in e]
+    assert rewards and all("rewards/label_reward/mean" in e for e in rewards)
+    assert max(e["rewards/format_reward/mean"] for e in rewards) > 0.5
+
+
+def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir):
+    import torch
+
+    from prorank_edge.train.common import load_model_and_tokenizer
+    from prorank_edge.train.stage1_grpo import end_of_turn_ids, end_of_turn_warmup
+
+    torch.manual_seed(0)
+    model, tokenizer, prompts = load_model_and_tokenizer(str(tiny_qwen2_dir), 96)
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_id in end_of_turn_ids(tokenizer)
+    pairs = [(f"why do {t}", f"{t} fact {k}", k % 2) for t in TOPICS for k in range(2)]
+    token_ids = prompts.build_pairs((q, d) for q, d, _ in pairs)
+    labels = [y for *_, y in pairs]
+    label = lambda y: prompts.positive_token_id if y else prompts.negative_token_id  # noqa: E731
+
+    @torch.no_grad()
+    def p_end(prefixes):
+        return float(np.mean([model(torch.tensor([p])).logits[0, -1].softmax(-1)[end_id] for p in prefixes]))
+
+    after_label = [ids + [label(y)] for ids, y in zip(token_ids, labels)]
+    before = p_end(after_label), p_end(token_ids)
+    losses = end_of_turn_warmup(model, token_ids, labels, prompts.positive_token_id, prompts.negative_token_id,
+                                end_id, steps=8, batch_size=8, learning_rate=3e-3)
+    model.eval()
+    after = p_end(after_label), p_end(token_ids)
+    print(f"p(end of turn) after a label {before[0]:.2e} -> {after[0]:.2e}, before it {before[1]:.2e} -> {after[1]:.2e}")
+    assert losses[-1] < losses[0] / 2
+    # From about one in a million to a likely answer (on SmolLM2, 3 steps took it from 1e-4 to 0.6 while
+    # the first answer token stayed the same; a random tiny model cannot tell the positions apart as well).
+    assert after[0] > max(0.05, 1e4 * before[0])

@@ -1,0 +1,208 @@
+"""Stage 2, fine-grained score learning: a listwise loss on the score itself, logit("1") - logit("0").
+
+Scores come from `last_position_scores`, the function inference uses, so training and inference score identically.
+Per query group (positives first, then negatives) the loss is softmax cross-entropy of scores / temperature against
+a target distribution: softmax of the positives' grades, zero mass on negatives (one-hot with a single positive).
+An optional pointwise BCE on sigmoid(score) keeps scores calibrated around 0. The loop runs under
+`accelerate.Accelerator`, so `accelerate launch` spreads it over GPUs (DDP, DeepSpeed ZeRO-2, FSDP) unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.torch_backend import folded_score_head, last_position_scores, model_body
+from ..contract import PromptBuilder, left_pad, position_ids
+from ..errors import ProrankError
+from .common import (JsonlLog, RESUME_DIR, dev_ndcg, load_model_and_tokenizer, peft_config, read_best,
+                     save_checkpoint, set_seed, write_best)
+from .config import TrainConfig
+from .data import Passage, TrainingData, listwise_groups, load_training_data
+
+STATE_FILE = "trainer_state.pt"
+
+
+def listwise_loss(scores: torch.Tensor, grades: torch.Tensor, temperature: float = 1.0,
+                  bce_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Mean loss over groups; `scores` and `grades` are [groups, group size], grade 0 for a negative.
+
+    Target: softmax of the positives' grades (negatives get none), so graded positives share the mass by grade.
+    """
+    relevant = grades > 0
+    if not bool(relevant.any(dim=1).all()):
+        raise ValueError("every group needs at least one positive")
+    target = torch.softmax(grades.float().masked_fill(~relevant, float("-inf")), dim=1)
+    log_probs = torch.log_softmax(scores.float() / temperature, dim=1)
+    listwise = -(target * log_probs).sum(dim=1).mean()
+    parts = {"listwise": listwise.detach().item()}
+    loss = listwise
+    if bce_weight:
+        bce = F.binary_cross_entropy_with_logits(scores.float(), relevant.float())
+        parts["bce"] = bce.detach().item()
+        loss = loss + bce_weight * bce
+    return loss, parts
+
+
+class GroupScorer(torch.nn.Module):
+    """The language model plus the contract's score, as one module, so DDP/FSDP wrap the whole scoring forward
+    (and synchronize its gradients) rather than a body reached around the wrapper."""
+
+    def __init__(self, model, positive_token_id: int, negative_token_id: int):
+        super().__init__()
+        self.model = model
+        self.positive_token_id = positive_token_id
+        self.negative_token_id = negative_token_id
+
+    def forward(self, input_ids, attention_mask, positions):
+        # The folded head is re-read every step: with tied embeddings it moves as the input embeddings train.
+        row, offset = folded_score_head(self.model, self.positive_token_id, self.negative_token_id)
+        return last_position_scores(model_body(self.model), row, offset, input_ids, attention_mask, positions)
+
+
+def group_scores(scorer, prompts: PromptBuilder, groups: Sequence[tuple[str, list[Passage]]], device) -> torch.Tensor:
+    """Scores [groups, group size] of equally sized groups, with gradients, through the shared score code."""
+    token_ids = [ids for query, passages in groups for ids in prompts.build(query, [p.text for p in passages])]
+    ids, mask = left_pad(token_ids)
+    tensors = [torch.from_numpy(a).to(device) for a in (ids, mask, position_ids(mask))]
+    return scorer(*tensors).view(len(groups), -1)
+
+
+def _grades(groups: Sequence[tuple[str, list[Passage]]]) -> torch.Tensor:
+    return torch.tensor([[p.grade for p in passages] for _, passages in groups], dtype=torch.float32)
+
+
+def _equal_size_groups(data: TrainingData, config: TrainConfig, epoch: int) -> list[tuple[str, list[Passage]]]:
+    """This epoch's groups, fresh negatives per epoch; groups are cut to one size so they stack into a batch."""
+    negatives = config.data.hard_negatives + config.data.random_negatives
+    groups = listwise_groups(data.groups, config.data.positives_per_group, negatives, seed=config.seed + epoch)
+    if not groups:
+        raise ProrankError("stage 2: no training groups (every query lacks positives or negatives)")
+    size = min(len(p) for _, p in groups)
+    positives = config.data.positives_per_group
+    out = []
+    for query, passages in groups:
+        pos = [p for p in passages if p.grade > 0]
+        neg = [p for p in passages if p.grade <= 0]
+        keep_pos = min(len(pos), positives, size - 1)
+        out.append((query, pos[:keep_pos] + neg[: size - keep_pos]))
+    return out
+
+
+def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resume: bool = False,
+                 data: TrainingData | None = None) -> Path:
+    """Train and save the best (by dev nDCG@10; the last without dev queries) merged model in output_dir."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    stage = config.stage2
+    out = Path(output_dir or stage.output_dir)
+    init = stage.init_from or config.stage1.output_dir
+    if not (Path(init) / "config.json").is_file() and init == config.stage1.output_dir:
+        raise ProrankError(f"stage 2 starts from stage 1's output {init}, which has no model yet: run stage 1 "
+                           "first, or set stage2.init_from")
+    accelerator = Accelerator(mixed_precision=stage.mixed_precision,
+                              gradient_accumulation_steps=stage.gradient_accumulation_steps)
+    set_seed(config.seed)
+    model, tokenizer, prompts = load_model_and_tokenizer(init, config.max_length, torch.float32)
+    if stage.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    lora = config.lora_for("stage2")
+    if lora.enabled:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config(lora))
+    data = data or load_training_data(config.data, config.seed)
+    groups_per_epoch = len(listwise_groups(data.groups, config.data.positives_per_group, 1, config.seed))
+    world = accelerator.num_processes
+    steps_per_epoch = max(1, groups_per_epoch // (stage.groups_per_step * world * stage.gradient_accumulation_steps))
+    total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
+
+    scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id)
+    optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=stage.learning_rate,
+                                  weight_decay=stage.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total_steps), total_steps)
+    scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
+
+    step = 0
+    best = None
+    resume_dir = out / RESUME_DIR
+    if resume:
+        if not (resume_dir / STATE_FILE).is_file():
+            raise ProrankError(f"{out}: nothing to resume (no {RESUME_DIR}/{STATE_FILE}); run without --resume")
+        accelerator.load_state(str(resume_dir))
+        step = torch.load(resume_dir / STATE_FILE, weights_only=True)["step"]
+        best = read_best(out).get("ndcg@10")
+    log = JsonlLog(out, enabled=accelerator.is_main_process)
+    log.write("start", stage="stage2", init_from=str(init), config=config.to_dict(), data=data.summary(),
+              total_steps=total_steps, resume_step=step if resume else None)
+    dev = data.dev_sample(config.data.dev_eval_queries)
+
+    def evaluate_and_keep_best() -> None:
+        nonlocal best
+        if not accelerator.is_main_process:
+            return
+        plain = accelerator.unwrap_model(scorer).model
+        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(stage.mixed_precision)
+        score = dev_ndcg(plain, prompts, dev, stage.eval_batch_size, autocast)
+        log.write("dev", step=step, ndcg_at_10=score)
+        if score is None or best is None or score > best:
+            best = score
+            save_checkpoint(plain, tokenizer, prompts.contract, out)
+            write_best(out, step=step, **({"ndcg@10": score} if score is not None else {}))
+
+    def save_resume_state() -> None:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(resume_dir))
+        if accelerator.is_main_process:
+            torch.save({"step": step}, resume_dir / STATE_FILE)
+
+    batch = stage.groups_per_step
+    scorer.train()
+    bar = tqdm(total=total_steps, initial=step, desc="stage 2", disable=not accelerator.is_local_main_process)
+    micro_per_step = stage.gradient_accumulation_steps
+    per_step = batch * micro_per_step
+    while step < total_steps:
+        epoch, done = divmod(step, steps_per_epoch)
+        # Each process takes its own slice of the epoch's groups, so DDP ranks see different groups.
+        groups = _equal_size_groups(data, config, epoch)[accelerator.process_index::world]
+        for index in range(done, steps_per_epoch):
+            chunk = groups[index * per_step:(index + 1) * per_step] or groups[:per_step]
+            parts: dict = {}
+            for micro in range(0, len(chunk), batch):
+                with accelerator.accumulate(scorer), accelerator.autocast():
+                    micro_batch = chunk[micro:micro + batch]
+                    scores = group_scores(scorer, prompts, micro_batch, accelerator.device)
+                    loss, parts = listwise_loss(scores, _grades(micro_batch).to(scores.device), stage.temperature,
+                                                stage.bce_weight)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and stage.max_grad_norm:
+                        parts["grad_norm"] = float(accelerator.clip_grad_norm_(scorer.parameters(),
+                                                                               stage.max_grad_norm))
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts.get('listwise', float('nan')):.3f}")
+            if step % stage.logging_steps == 0 or step == total_steps:
+                log.write("train", step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], **parts)
+            if stage.eval_steps and step % stage.eval_steps == 0:
+                evaluate_and_keep_best()
+            if stage.save_steps and step % stage.save_steps == 0:
+                save_resume_state()
+            if step >= total_steps:
+                break
+    bar.close()
+    if not stage.eval_steps or step % stage.eval_steps != 0:
+        evaluate_and_keep_best()
+    save_resume_state()
+    log.write("end", step=step, best=read_best(out) if accelerator.is_main_process else None)
+    accelerator.wait_for_everyone()
+    return out
