@@ -10,6 +10,7 @@ Results go to bench.json, bench.md and bench.png.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -198,8 +199,18 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant) -> Path:
     if variant.backend == "torch":
         return model_dir
-    stem = f"{model_dir.name}-{variant.quant}"
+    stem = f"{model_dir.name}-{model_fingerprint(model_dir)}-{variant.quant}"
     return artifacts_dir / (f"{stem}.gguf" if variant.backend == "gguf" else f"{stem}-onnx")
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Where the checkpoint is and which weights and contract it has now: two models that share a folder name,
+    or one model retrained in place, never share cached artifacts."""
+    digest = hashlib.sha256(str(model_dir.resolve()).encode())
+    for file in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.json")):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:10]
 
 
 def ensure_artifact(artifacts_dir: Path, model_dir: Path, variant: Variant,

@@ -144,3 +144,20 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
                                      logged.append)
     assert path.resolve() == Path(systems["onnx-fp32"]["artifact"]).resolve() and export_s is None and logged == []
     assert _positive_finite(systems["onnx-fp32"]["export_s"])
+
+
+def test_cached_artifacts_follow_the_weights_not_the_folder_name(tmp_path):
+    import os
+
+    from prorank_edge.bench import Variant, artifact_path
+
+    variant = Variant("onnx-int8", "onnx", "int8")
+    first, second = tmp_path / "a" / "stage2", tmp_path / "b" / "stage2"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+    assert artifact_path(tmp_path, first, variant) != artifact_path(tmp_path, second, variant)
+    before = artifact_path(tmp_path, first, variant)
+    os.utime(first / "model.safetensors", ns=(1, 1))  # retrained in place
+    assert artifact_path(tmp_path, first, variant) != before
+    assert artifact_path(tmp_path, first, Variant("torch-fp32", "torch", "fp32")) == first
