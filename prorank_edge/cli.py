@@ -61,7 +61,9 @@ def _snippet(text: str, width: int) -> str:
               help="Report sigmoid-normalized scores in [0, 1] instead of raw logit differences.")
 @click.option("--fusion-weight", type=click.FloatRange(0.0, 1.0), default=None, metavar="W",
               help="Blend with the documents' first-stage \"score\" field: W x reranker + (1 - W) x first stage, "
-                   "each min-max normalized over the documents. Every document must carry a score.")
+                   "each min-max normalized over the documents. Every document must carry a score. Default: the "
+                   "model's own weight (the built-in model has one, tuned on SciFact train) when every document "
+                   "carries a score, else no blending; 1 ranks by the reranker alone.")
 @model_options
 def rerank(query, docs_path, top_k, instruction, output_format, normalize, fusion_weight, model, backend, device,
            dtype, max_length, batch_size, threads):
@@ -79,15 +81,17 @@ def rerank(query, docs_path, top_k, instruction, output_format, normalize, fusio
     if not query.strip():
         raise InputError("--query is empty")
     documents = load_documents(docs_path)
-    if fusion_weight is not None:
-        unscored = next((d for d in documents if d.score is None), None)
-        if unscored is not None:
-            raise InputError(f"{docs_path}:{unscored.line}: field 'score' is missing; --fusion-weight needs a "
-                             "first-stage score on every document")
+    unscored = next((d for d in documents if d.score is None), None)
+    if fusion_weight is not None and unscored is not None:
+        raise InputError(f"{docs_path}:{unscored.line}: field 'score' is missing; --fusion-weight needs a "
+                         "first-stage score on every document")
     with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
         scores = reranker.predict([(query, d.full_text) for d in documents], instruction=instruction,
                                   normalize=normalize)
         info = reranker.describe()
+        if fusion_weight is None and unscored is None:
+            # A model that ranks worse than a first stage alone says so in its contract, with its tuned weight.
+            fusion_weight = reranker.contract.extra.get("fusion_weight")
     final = scores
     if fusion_weight is not None:
         from .fusion import fuse_scores

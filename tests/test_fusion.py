@@ -78,3 +78,34 @@ def test_eval_fusion_auto_tunes_on_train(tiny_qwen2_dir, scifact_dir):
     assert report["fusion"]["weight"] in [float(w) for w in report["fusion"]["ndcg@10_by_weight"]]
     bad = CliRunner().invoke(main, base + ["--fusion-weight", "auto", "--tune-split", "test"])
     assert bad.exit_code == 2 and "--tune-split must differ" in bad.output
+
+
+@requires_torch
+def test_a_contract_fusion_weight_applies_only_when_every_document_has_a_score(tiny_qwen2_dir, scifact_dir,
+                                                                              tmp_path):
+    import shutil
+
+    from prorank_edge.contract import ScoringContract
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen2_dir, model)
+    ScoringContract.load(model).replace(extra={"fusion_weight": 0.0}).save(model)
+    scored, unscored = tmp_path / "scored.jsonl", tmp_path / "unscored.jsonl"
+    scored.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i} " * (i + 1), "score": float(s)}) + "\n"
+                              for i, s in enumerate([3, 9, 1, 7, 5])))
+    unscored.write_text("".join(json.dumps({"id": f"d{i}", "text": f"text {i} " * (i + 1)}) + "\n" for i in range(5)))
+    base = ["rerank", "-q", "q", "-m", str(model), "--dtype", "float32", "-o", "json"]
+    fused = json.loads(CliRunner().invoke(main, base + ["-d", str(scored)]).output)
+    assert fused["fusion_weight"] == 0.0  # the contract's weight: the first stage's order
+    assert [r["id"] for r in fused["results"]] == ["d1", "d3", "d4", "d0", "d2"]
+    alone = json.loads(CliRunner().invoke(main, base + ["-d", str(unscored)]).output)
+    assert alone["fusion_weight"] is None and "rerank_score" not in alone["results"][0]
+    overridden = json.loads(CliRunner().invoke(main, base + ["-d", str(scored), "--fusion-weight", "1"]).output)
+    assert [r["id"] for r in overridden["results"]] == [r["id"] for r in alone["results"]]
+
+    result = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "-m", str(model), "--dtype", "float32",
+                                       "--max-queries", "2", "--top-k", "5", "--quiet", "--output", "json"])
+    report = json.loads(result.output)
+    assert report["fusion"] == {"weight": 0.0, "from": "model contract"}
+    assert report["metrics"]["fusion"]["ndcg@10"] == pytest.approx(report["metrics"]["bm25"]["ndcg@10"])
+

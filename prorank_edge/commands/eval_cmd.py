@@ -22,7 +22,8 @@ from .options import load_reranker, model_options
 @click.option("--instruction", default=None, help="A task instruction for the prompt template.")
 @click.option("--fusion-weight", default=None, metavar="W|auto",
               help="Also report BM25 + reranker fusion: W x reranker + (1 - W) x BM25 (each min-max normalized "
-                   "per query). 'auto' picks W on --tune-split, never on the evaluated split.")
+                   "per query). 'auto' picks W on --tune-split, never on the evaluated split. Default: the "
+                   "model's own weight where its contract has one (the built-in model does).")
 @click.option("--tune-split", default="train", show_default=True, help="Split that --fusion-weight auto tunes on.")
 @click.option("--tune-queries", type=click.IntRange(min=1), default=50, show_default=True,
               help="Queries of --tune-split used by --fusion-weight auto.")
@@ -81,6 +82,11 @@ def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, f
                 weight, grid = tune_fusion_weight(tuning)
                 fusion = {"tuned_on": tune_split, "tune_queries": tuning.queries,
                           "ndcg@10_by_weight": {str(w): v for w, v in grid.items()}}
+            elif weight is None and "fusion_weight" in reranker.contract.extra:
+                # The model's own weight (the built-in model's was tuned on SciFact train): fusion is reported
+                # beside the reranker alone, never instead of it.
+                weight = float(reranker.contract.extra["fusion_weight"])
+                fusion = {"from": "model contract"}
             report = evaluate_reranker(data, reranker, top_k=top_k, max_queries=max_queries,
                                        instruction=instruction, show_progress=show_progress)
         if weight is not None:
@@ -96,8 +102,9 @@ def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, f
     else:
         click.echo(report.format_table())
         if report.fusion:
-            click.echo(f"fusion weight {report.fusion['weight']} "
-                       f"({'tuned on ' + report.fusion['tuned_on'] if 'tuned_on' in report.fusion else 'given'})")
+            source = report.fusion.get("from") or (f"tuned on {report.fusion['tuned_on']}"
+                                                   if "tuned_on" in report.fusion else "given")
+            click.echo(f"fusion weight {report.fusion['weight']} ({source})")
 
 
 def _parse_weight(value):

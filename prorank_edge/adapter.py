@@ -1,0 +1,98 @@
+"""A fine-tuned reranker stored as a low-rank difference from its base model, small enough for the repository.
+
+Training here fine-tunes every weight, so the result is a full 540 MB checkpoint. The difference from the base
+is close to low rank, so each 2-D weight's delta is kept as a truncated SVD, `delta ~ B @ A` (rank r, fp16),
+and each 1-D weight's delta (norms, biases) in full. `apply_adapter` adds them back onto the base checkpoint
+and saves a plain checkpoint that every backend and the exporters read. `adapter.json` records the base,
+the rank and how much of each delta the rank keeps (relative Frobenius error), so the loss is on record.
+
+Needs torch and safetensors (the `torch` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .contract import CONTRACT_FILENAME
+from .errors import ProrankError
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_INFO = "adapter.json"
+_A, _B, _FULL = ".lora_a", ".lora_b", ".delta"
+
+
+def _state_dict(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ProrankError(f"{model_dir}: no safetensors weights")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str | Path, rank: int = 16,
+                 base_name: str | None = None) -> dict:
+    """Write the low-rank difference `trained - base` into output_dir; returns the adapter's info."""
+    import torch
+    from safetensors.torch import save_file
+
+    base_dir, trained_dir, output_dir = Path(base_dir), Path(trained_dir), Path(output_dir)
+    base, trained = _state_dict(base_dir), _state_dict(trained_dir)
+    if set(base) != set(trained):
+        raise ProrankError(f"{trained_dir}: its weights are not those of {base_dir} (different tensor names)")
+    tensors, errors = {}, {}
+    for name in sorted(trained):
+        delta = trained[name].float() - base[name].float()
+        if delta.shape != base[name].shape:
+            raise ProrankError(f"{name}: shape {tuple(trained[name].shape)} differs from the base's")
+        if not delta.abs().max() > 0:
+            continue
+        if delta.dim() == 2 and min(delta.shape) > rank:
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            b, a = u[:, :rank] * s[:rank], vh[:rank]
+            tensors[name + _B], tensors[name + _A] = b.half().contiguous(), a.half().contiguous()
+            rest = s[rank:].square().sum().sqrt() / s.square().sum().sqrt()
+            errors[name] = round(float(rest), 4)
+        else:
+            tensors[name + _FULL] = delta.half().contiguous()
+            errors[name] = 0.0
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(output_dir / ADAPTER_WEIGHTS))
+    shutil.copyfile(trained_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
+    info = {"base": base_name or str(base_dir), "rank": rank, "tensors": len(errors),
+            "relative_error": errors, "bytes": (output_dir / ADAPTER_WEIGHTS).stat().st_size}
+    (output_dir / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def apply_adapter(base_dir: str | Path, adapter_dir: str | Path, output_dir: str | Path) -> Path:
+    """Save base + adapter as a plain checkpoint (config, weights, tokenizer of the base; the adapter's contract)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir, adapter_dir, output_dir = Path(base_dir), Path(adapter_dir), Path(output_dir)
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise ProrankError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}")
+    parts = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # Tied embeddings appear under both names in the state dict; add each delta once, to the stored tensor.
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key in parts:
+            if key.endswith(_A):
+                continue
+            name = key[: -len(_B)] if key.endswith(_B) else key[: -len(_FULL)]
+            if name not in state:
+                raise ProrankError(f"{adapter_dir}: tensor {name!r} is not in the base model {base_dir}")
+            delta = (parts[key].float() @ parts[name + _A].float()) if key.endswith(_B) else parts[key].float()
+            state[name].add_(delta.to(state[name].dtype))
+    model.save_pretrained(output_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(output_dir)
+    shutil.copyfile(adapter_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
+    return output_dir

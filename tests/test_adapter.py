@@ -1,0 +1,81 @@
+"""The low-rank difference adapter: a fine-tune stored as SVD factors of its deltas, merged back onto the base."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from prorank_edge.adapter import ADAPTER_INFO, make_adapter, apply_adapter  # noqa: E402
+from prorank_edge.errors import ProrankError  # noqa: E402
+from prorank_edge.reranker import Reranker  # noqa: E402
+
+PAIRS = [("what causes influenza", "Influenza is caused by influenza viruses."),
+         ("what causes influenza", "Paris is the capital of France."),
+         ("tallest mountain", "Mount Everest is the highest mountain above sea level."),
+         ("tallest mountain", "The Nile is a long river.")]
+
+
+def _fine_tune(base_dir, out_dir, delta_rank: int):
+    """A copy of the base whose 2-D weights moved by a rank-`delta_rank` delta and whose norms moved too."""
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(base_dir, out_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.dim() == 2:
+                left = torch.randn(weight.shape[0], delta_rank, generator=generator)
+                right = torch.randn(delta_rank, weight.shape[1], generator=generator)
+                weight.add_(0.02 * left @ right / delta_rank)
+            else:
+                weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def _weights(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+
+
+def test_adapter_reproduces_a_low_rank_fine_tune(tiny_qwen2_dir, tmp_path):
+    trained = _fine_tune(tiny_qwen2_dir, tmp_path / "trained", delta_rank=4)
+    info = make_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", rank=8)
+    assert max(info["relative_error"].values()) < 1e-4  # rank 8 holds a rank-4 delta
+    merged = apply_adapter(tiny_qwen2_dir, tmp_path / "adapter", tmp_path / "merged")
+
+    expected, got, base = _weights(trained), _weights(merged), _weights(tiny_qwen2_dir)
+    for name in expected:
+        moved = (expected[name] - base[name]).abs().max()
+        assert moved > 0
+        # fp16 factors: the residual is a small fraction of how far the weight moved
+        assert (got[name] - expected[name]).abs().max() < 2e-3 * max(1.0, float(moved) * 10)
+
+    reference = Reranker(str(trained), backend="torch", device="cpu").predict(PAIRS)
+    scores = Reranker(str(merged), backend="torch", device="cpu").predict(PAIRS)
+    assert np.ptp(reference) > 1e-3
+    np.testing.assert_allclose(scores, reference, atol=2e-3)
+
+
+def test_a_smaller_rank_records_what_it_loses(tiny_qwen2_dir, tmp_path):
+    trained = _fine_tune(tiny_qwen2_dir, tmp_path / "trained", delta_rank=16)
+    info = make_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", rank=2)
+    assert json.loads((tmp_path / "adapter" / ADAPTER_INFO).read_text())["rank"] == 2
+    two_d = {n: e for n, e in info["relative_error"].items() if n.endswith(("proj.weight", "embed_tokens.weight"))}
+    assert min(two_d.values()) > 0.1  # rank 2 cannot hold a rank-16 delta
+    small = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
+    full = sum(f.stat().st_size for f in trained.glob("*.safetensors"))
+    assert small < full / 4
+
+
+def test_adapter_of_another_architecture_is_refused(tiny_qwen2_dir, tiny_llama_dir, tmp_path):
+    with pytest.raises(ProrankError, match="not those of"):
+        make_adapter(tiny_qwen2_dir, tiny_llama_dir, tmp_path / "adapter")

@@ -1,0 +1,66 @@
+"""`prorank-edge train adapter`: store a trained checkpoint as a small low-rank adapter over its base.
+
+This is how the built-in default reranker (prorank_edge/default_adapter) is made from the CPU training run:
+the adapter is written, merged back onto the base, and the merged model is measured on the training run's
+held-out dev queries (never on test): how closely it scores like the full checkpoint, and which BM25 fusion
+weight suits it. The weight goes into the adapter's contract, where `rerank` and `eval` find it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..adapter import ADAPTER_INFO, apply_adapter, make_adapter
+from ..contract import ScoringContract
+from .common import resolve_model_dir
+from .data import _split_dev
+
+
+def held_out_dev(data, dev_queries: int, seed: int):
+    """The BEIR split restricted to the queries both training stages held out (the same seeded choice)."""
+    query_ids = [q for q in data.queries if any(g > 0 for g in data.qrels.get(q, {}).values())]
+    _, dev_ids = _split_dev(query_ids, dev_queries, seed)
+    return dataclasses.replace(data, queries={q: data.queries[q] for q in dev_ids},
+                               qrels={q: data.qrels[q] for q in dev_ids})
+
+
+def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: str | None, split: str,
+                  dev_queries: int, seed: int, top_k: int, max_queries: int) -> dict:
+    from ..beir import load_beir
+    from ..evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
+    from ..reranker import Reranker
+
+    trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
+    info = make_adapter(base_dir, trained_dir, output, rank=rank, base_name=base)
+    if beir:
+        dev = held_out_dev(load_beir(beir, split), dev_queries, seed)
+        with tempfile.TemporaryDirectory(prefix="prorank-adapter-") as merged:
+            apply_adapter(base_dir, output, merged)
+            reports = {}
+            for name, path in (("trained", trained_dir), ("adapter", merged)):
+                with Reranker(str(path), backend="torch", device="cpu") as reranker:
+                    reports[name] = evaluate_reranker(dev, reranker, top_k=top_k, max_queries=max_queries)
+        weight, grid = tune_fusion_weight(reports["adapter"])
+        fused = add_fusion(reports["adapter"], weight)
+        flat = {name: np.array([c.rerank_score for q in r.candidates for c in r.candidates[q]])
+                for name, r in reports.items()}
+        from scipy.stats import spearmanr
+
+        info["dev"] = {
+            "queries": reports["adapter"].queries, "top_k": top_k, "split": split,
+            "ndcg@10": {"bm25": reports["adapter"].metrics["bm25"]["ndcg@10"],
+                        "trained": reports["trained"].metrics["reranker"]["ndcg@10"],
+                        "adapter": reports["adapter"].metrics["reranker"]["ndcg@10"],
+                        "adapter_fused": fused["ndcg@10"]},
+            "spearman_adapter_vs_trained": float(spearmanr(flat["adapter"], flat["trained"]).statistic),
+            "fusion_weight": weight, "ndcg@10_by_weight": {str(w): v for w, v in grid.items()},
+        }
+        contract = ScoringContract.load(output)
+        contract.replace(extra={**contract.extra, "fusion_weight": weight}).save(output)
+    (output / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
