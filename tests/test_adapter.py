@@ -79,3 +79,22 @@ def test_a_smaller_rank_records_what_it_loses(tiny_qwen2_dir, tmp_path):
 def test_adapter_of_another_architecture_is_refused(tiny_qwen2_dir, tiny_llama_dir, tmp_path):
     with pytest.raises(ProrankError, match="not those of"):
         make_adapter(tiny_qwen2_dir, tiny_llama_dir, tmp_path / "adapter")
+
+
+def test_the_default_model_is_smollm2_plus_the_packaged_adapter(smollm2_dir):
+    from prorank_edge.contract import ScoringContract
+    from prorank_edge.models import DEFAULT_ADAPTER_DIR, has_default_adapter, resolve_model
+
+    if not has_default_adapter():
+        pytest.fail(f"the packaged default adapter is missing from {DEFAULT_ADAPTER_DIR}")
+    base, default = resolve_model("smollm2"), resolve_model("default")
+    assert base.path == smollm2_dir and default.kind == "torch" and default.path != base.path
+    contract = ScoringContract.load(default.path)
+    info = json.loads((DEFAULT_ADAPTER_DIR / ADAPTER_INFO).read_text())
+    # The fusion weight was tuned on held-out training queries and travels in the contract.
+    assert contract.extra["fusion_weight"] == info["dev"]["fusion_weight"]
+    assert info["dev"]["split"] == "train"
+    pairs = PAIRS[:2]
+    base_scores = Reranker(str(base.path), backend="torch", device="cpu").predict(pairs)
+    default_scores = Reranker(backend="torch", device="cpu").predict(pairs)
+    assert np.abs(default_scores - base_scores).max() > 0.1
