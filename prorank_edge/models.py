@@ -141,16 +141,12 @@ def default_model() -> ModelSource:
     """The built-in reranker: SmolLM2-135M-Instruct plus the trained adapter shipped in the package, merged
     once into a cached checkpoint. Without torch (an edge box with only the gguf extra) the adapter cannot be
     applied, and the untrained base GGUF is used."""
-    if not has_default_adapter():
-        return base_model(DEFAULT_MODEL)
-    gguf_path = smollm2_gguf_path()
-    if _has_torch():
-        return ModelSource("torch", adapted_default_dir(converted_smollm2_dir(gguf_path)), DEFAULT_MODEL)
-    if importlib.util.find_spec("llama_cpp") is not None:
+    if has_default_adapter() and _has_torch():
+        return ModelSource("torch", adapted_default_dir(converted_smollm2_dir()), DEFAULT_MODEL)
+    if has_default_adapter() and importlib.util.find_spec("llama_cpp") is not None:
         print("prorank-edge: without torch the default model is the untrained SmolLM2 GGUF (the trained "
               "adapter is applied with torch); install prorank-edge[torch] or pass --model", file=sys.stderr)
-        return ModelSource("gguf", gguf_path, DEFAULT_MODEL)
-    raise MissingExtraError("the default model", "torch", "torch")
+    return base_model(DEFAULT_MODEL)
 
 
 def base_model(name: str = BASE_MODEL) -> ModelSource:

@@ -296,3 +296,14 @@ def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir
     # From about one in a million to a likely answer (on SmolLM2, 3 steps took it from 1e-4 to 0.6 while
     # the first answer token stayed the same; a random tiny model cannot tell the positions apart as well).
     assert after[0] > max(0.05, 1e4 * before[0])
+
+
+def test_train_adapter_measures_on_the_queries_training_held_out(tmp_path):
+    from prorank_edge.beir import load_beir
+    from prorank_edge.train.adapter_cmd import held_out_dev
+
+    data = load_beir(write_beir(tmp_path / "beir"), "train")
+    training = from_beir(data, DataConfig(dev_queries=3, hard_negatives=1), seed=0)
+    dev = held_out_dev(data, 3, seed=0)
+    assert len(training.dev) == 3
+    assert sorted(dev.queries) == sorted(q.query_id for q in training.dev) == sorted(dev.qrels)

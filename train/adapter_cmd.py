@@ -17,14 +17,14 @@ import numpy as np
 
 from ..adapter import ADAPTER_INFO, apply_adapter, make_adapter
 from ..contract import ScoringContract
+from ..export.parity import spearman
 from .common import resolve_model_dir
-from .data import _split_dev
+from .data import split_beir_queries
 
 
 def held_out_dev(data, dev_queries: int, seed: int):
     """The BEIR split restricted to the queries both training stages held out (the same seeded choice)."""
-    query_ids = [q for q in data.queries if any(g > 0 for g in data.qrels.get(q, {}).values())]
-    _, dev_ids = _split_dev(query_ids, dev_queries, seed)
+    _, dev_ids = split_beir_queries(data, dev_queries, seed)
     return dataclasses.replace(data, queries={q: data.queries[q] for q in dev_ids},
                                qrels={q: data.qrels[q] for q in dev_ids})
 
@@ -49,15 +49,13 @@ def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: st
         fused = add_fusion(reports["adapter"], weight)
         flat = {name: np.array([c.rerank_score for q in r.candidates for c in r.candidates[q]])
                 for name, r in reports.items()}
-        from scipy.stats import spearmanr
-
         info["dev"] = {
             "queries": reports["adapter"].queries, "top_k": top_k, "split": split,
             "ndcg@10": {"bm25": reports["adapter"].metrics["bm25"]["ndcg@10"],
                         "trained": reports["trained"].metrics["reranker"]["ndcg@10"],
                         "adapter": reports["adapter"].metrics["reranker"]["ndcg@10"],
                         "adapter_fused": fused["ndcg@10"]},
-            "spearman_adapter_vs_trained": float(spearmanr(flat["adapter"], flat["trained"]).statistic),
+            "spearman_adapter_vs_trained": spearman(flat["adapter"], flat["trained"]),
             "fusion_weight": weight, "ndcg@10_by_weight": {str(w): v for w, v in grid.items()},
         }
         contract = ScoringContract.load(output)

@@ -86,15 +86,21 @@ def _split_dev(query_ids: list[str], dev_count: int, seed: int) -> tuple[list[st
     return [q for q in query_ids if q not in dev], [q for q in query_ids if q in dev]
 
 
+def split_beir_queries(data, dev_count: int, seed: int) -> tuple[list[str], list[str]]:
+    """(train ids, dev ids) of the split's queries with a positive judgment: the held-out choice every stage
+    (and `train adapter`) makes."""
+    query_ids = [q for q in data.queries if any(g > 0 for g in data.qrels.get(q, {}).values())]
+    if not query_ids:
+        raise InputError(f"{data.path or data.name}: split {data.split!r} has no query with a positive judgment")
+    return _split_dev(query_ids, dev_count, seed)
+
+
 def from_beir(data, config: DataConfig, seed: int = 0, retriever=None) -> TrainingData:
     """Groups and dev queries from a loaded BEIR split (`prorank_edge.beir.BeirData`)."""
     from ..bm25 import BM25Retriever
 
     rng = random.Random(seed)
-    query_ids = [q for q in data.queries if any(g > 0 for g in data.qrels.get(q, {}).values())]
-    if not query_ids:
-        raise InputError(f"{data.path or data.name}: split {data.split!r} has no query with a positive judgment")
-    train_ids, dev_ids = _split_dev(query_ids, config.dev_queries, seed)
+    train_ids, dev_ids = split_beir_queries(data, config.dev_queries, seed)
     if config.max_train_queries is not None:
         train_ids = train_ids[: config.max_train_queries]
 
