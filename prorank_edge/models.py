@@ -139,13 +139,12 @@ def has_default_adapter() -> bool:
 
 def default_model() -> ModelSource:
     """The built-in reranker: SmolLM2-135M-Instruct plus the trained adapter shipped in the package, merged
-    once into a cached checkpoint. Without torch (an edge box with only the gguf extra) the adapter cannot be
-    applied, and the untrained base GGUF is used."""
+    once into a cached checkpoint, or, where torch is absent (an edge box with the gguf extra), into a cached
+    f16 GGUF built with numpy alone. The two score alike (tests/test_adapter.py)."""
     if has_default_adapter() and _has_torch():
         return ModelSource("torch", adapted_default_dir(converted_smollm2_dir()), DEFAULT_MODEL)
     if has_default_adapter() and importlib.util.find_spec("llama_cpp") is not None:
-        print("prorank-edge: without torch the default model is the untrained SmolLM2 GGUF (the trained "
-              "adapter is applied with torch); install prorank-edge[torch] or pass --model", file=sys.stderr)
+        return ModelSource("gguf", adapted_default_gguf(smollm2_gguf_path()), DEFAULT_MODEL)
     return base_model(DEFAULT_MODEL)
 
 
@@ -166,16 +165,33 @@ def _has_torch() -> bool:
 def adapted_default_dir(base_dir: Path) -> Path:
     """base + the packaged adapter, merged once into the cache (named by the adapter's hash, so a new adapter
     is merged anew)."""
-    import hashlib
-
-    digest = hashlib.sha256((DEFAULT_ADAPTER_DIR / "adapter.safetensors").read_bytes()).hexdigest()[:12]
-    target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{digest}"
+    target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{_adapter_digest()}"
     if (target / _COMPLETE_MARKER).is_file():
         return target
     print(f"prorank-edge: applying the default reranker's adapter, cached in {target} (once)", file=sys.stderr)
     from .adapter import apply_adapter
 
     return _build_once(target, lambda staging: apply_adapter(base_dir, DEFAULT_ADAPTER_DIR, staging))
+
+
+def adapted_default_gguf(base_gguf: Path) -> Path:
+    """base GGUF + the packaged adapter as one f16 GGUF, built once into the cache without torch (a folder
+    holding the file, named by the adapter's hash like adapted_default_dir)."""
+    target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{_adapter_digest()}-gguf"
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    print(f"prorank-edge: applying the default reranker's adapter to {base_gguf.name}, cached in {target} (once)",
+          file=sys.stderr)
+    from .gguf_adapter import apply_adapter_to_gguf
+
+    return _build_once(target, lambda staging: apply_adapter_to_gguf(
+        base_gguf, DEFAULT_ADAPTER_DIR, staging / f"{SMOLLM2_CACHE_NAME}-prorank-f16.gguf"))
+
+
+def _adapter_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256((DEFAULT_ADAPTER_DIR / "adapter.safetensors").read_bytes()).hexdigest()[:12]
 
 
 def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:

@@ -1,0 +1,127 @@
+"""Apply a prorank adapter (see adapter.py) to a GGUF base model without torch: the edge path of the default.
+
+An edge box with only the gguf extra has llama.cpp but no transformers, so it cannot merge the adapter the way
+`apply_adapter` does. Here the base GGUF is dequantized with the `gguf` package (numpy), each tensor gets its
+delta (`B @ A` for 2-D weights, the full delta for norms), and the sum is written as one f16 GGUF with the
+adapter's scoring contract in its metadata: the same weights the torch path merges, at f16 precision.
+
+Needs numpy, `gguf` and `safetensors` (the `gguf` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .adapter import _A, _B, _FULL, ADAPTER_WEIGHTS
+from .contract import ScoringContract
+from .errors import MissingExtraError, ProrankError
+from .export.gguf_export import CONTRACT_KEY, _rotary_interleave
+
+_ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
+
+
+def _import_gguf():
+    try:
+        import gguf
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise MissingExtraError("applying the default adapter without torch", "gguf", "gguf") from None
+    return gguf, load_file
+
+
+def _field(reader, key: str):
+    """A scalar or string metadata value of a GGUFReader (None when absent)."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.parts[field.data[0]]
+    return bytes(value).decode("utf-8") if field.types[0].name == "STRING" else value[0].item()
+
+
+def _copy_fields(reader, writer, gguf) -> None:
+    """Every metadata key of the base except the reader's own and those the writer sets itself."""
+    string, array = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.file_type"):
+            continue
+        kind = field.types[0]
+        if kind == array:
+            sub = field.types[-1]
+            values = [bytes(field.parts[i]) if sub == string else field.parts[i][0].item() for i in field.data]
+            writer.add_key_value(field.name, values, kind, sub_type=sub)
+        elif kind == string:
+            writer.add_key_value(field.name, bytes(field.parts[field.data[0]]), kind)
+        else:
+            writer.add_key_value(field.name, field.parts[field.data[0]][0].item(), kind)
+
+
+def _deltas(adapter_dir: Path, load_file) -> dict[str, np.ndarray]:
+    """HF tensor name -> float32 delta, from adapter.safetensors."""
+    stored = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    deltas = {}
+    for key, value in stored.items():
+        if key.endswith(_FULL):
+            deltas[key[: -len(_FULL)]] = value.astype(np.float32)
+        elif key.endswith(_B):
+            name = key[: -len(_B)]
+            if name + _A not in stored:
+                raise ProrankError(f"{adapter_dir}: {key} has no matching {name + _A}")
+            deltas[name] = value.astype(np.float32) @ stored[name + _A].astype(np.float32)
+        elif not key.endswith(_A):
+            raise ProrankError(f"{adapter_dir}: unexpected adapter tensor {key}")
+    return deltas
+
+
+def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output_path: str | Path) -> Path:
+    """Write base + adapter as an f16 GGUF reranker at output_path (via a temporary name); returns the path."""
+    gguf, load_file = _import_gguf()
+    base_gguf, adapter_dir, output_path = Path(base_gguf), Path(adapter_dir), Path(output_path)
+    reader = gguf.GGUFReader(str(base_gguf))
+    arch = _field(reader, "general.architecture")
+    if arch not in _ARCHITECTURES:
+        raise ProrankError(f"{base_gguf}: architecture {arch!r} is not supported here (llama, qwen2)")
+    n_layers = int(_field(reader, f"{arch}.block_count"))
+    n_head = int(_field(reader, f"{arch}.attention.head_count"))
+    n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv") or n_head)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, _ARCHITECTURES[arch]), n_layers)
+
+    # GGUF lists dimensions fastest first; numpy wants them the other way round.
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    pending = {}
+    for hf_name, delta in _deltas(adapter_dir, load_file).items():
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ProrankError(f"{adapter_dir}: adapter tensor {hf_name} has no GGUF name for {arch}")
+        if name not in shapes or shapes[name] != delta.shape:
+            raise ProrankError(f"{adapter_dir}: the delta of {hf_name} has shape {delta.shape}, the base "
+                               f"{base_gguf.name} has {shapes.get(name, 'no such tensor')}")
+        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+            delta = _rotary_interleave(delta, n_head if ".attn_q." in name else n_head_kv)
+        pending[name] = delta
+
+    contract = ScoringContract.load(adapter_dir)
+    partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(partial), arch)
+    try:
+        _copy_fields(reader, writer, gguf)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_string(CONTRACT_KEY, contract.to_json())
+        for tensor in reader.tensors:
+            weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
+            delta = pending.pop(tensor.name, None)
+            weight = weight.astype(np.float32) if delta is None else weight + delta
+            writer.add_tensor(tensor.name, weight.astype(np.float16 if weight.ndim == 2 else np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(partial, output_path)
+    return output_path
