@@ -196,10 +196,16 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 
 # ---- artifacts -------------------------------------------------------------------------------------------
 
+# What each exporter writes, by revision: bump one when its output changes, so cached artifacts are remade.
+# gguf r2: the LM head is kept finer than the body (f16 in q8_0, q8_0 in q4_k_m).
+EXPORT_REVISIONS = {"onnx": 1, "gguf": 2}
+
+
 def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant) -> Path:
     if variant.backend == "torch":
         return model_dir
-    stem = f"{model_dir.name}-{model_fingerprint(model_dir)}-{variant.quant}"
+    stem = (f"{model_dir.name}-{model_fingerprint(model_dir)}-{variant.quant}"
+            f"-r{EXPORT_REVISIONS[variant.backend]}")
     return artifacts_dir / (f"{stem}.gguf" if variant.backend == "gguf" else f"{stem}-onnx")
 
 

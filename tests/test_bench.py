@@ -146,10 +146,10 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
     assert _positive_finite(systems["onnx-fp32"]["export_s"])
 
 
-def test_cached_artifacts_follow_the_weights_not_the_folder_name(tmp_path):
+def test_cached_artifacts_follow_the_weights_not_the_folder_name(tmp_path, monkeypatch):
     import os
 
-    from prorank_edge.bench import Variant, artifact_path
+    from prorank_edge.bench import EXPORT_REVISIONS, Variant, artifact_path
 
     variant = Variant("onnx-int8", "onnx", "int8")
     first, second = tmp_path / "a" / "stage2", tmp_path / "b" / "stage2"
@@ -160,4 +160,10 @@ def test_cached_artifacts_follow_the_weights_not_the_folder_name(tmp_path):
     before = artifact_path(tmp_path, first, variant)
     os.utime(first / "model.safetensors", ns=(1, 1))  # retrained in place
     assert artifact_path(tmp_path, first, variant) != before
+    before_onnx = artifact_path(tmp_path, first, variant)
     assert artifact_path(tmp_path, first, Variant("torch-fp32", "torch", "fp32")) == first
+    # An exporter that writes something new gets new cache entries.
+    gguf = Variant("gguf-q8_0", "gguf", "q8_0")
+    old = artifact_path(tmp_path, first, gguf)
+    monkeypatch.setitem(EXPORT_REVISIONS, "gguf", EXPORT_REVISIONS["gguf"] + 1)
+    assert artifact_path(tmp_path, first, gguf) != old and artifact_path(tmp_path, first, variant) == before_onnx
