@@ -136,7 +136,6 @@ def test_k_quants_apply_to_a_256_wide_qwen2(wide_qwen2_dir, gguf_cache):
     assert spearman(scores, expected) > 0.8
 
 
-
 def tensor_types(path: Path) -> dict[str, str]:
     from gguf import GGUFReader
 
