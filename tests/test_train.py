@@ -75,10 +75,19 @@ def test_beir_mining_keeps_grades_and_never_uses_judged_documents_as_negatives(t
 def test_balanced_pairs_and_listwise_groups():
     from prorank_edge.train.data import QueryGroup
 
-    groups = [QueryGroup("a", "q", [Passage("p1", 1.0), Passage("p2", 2.0)], [Passage(f"n{i}") for i in range(5)])]
+    groups = [QueryGroup("a", "q", [Passage("p1", 1.0), Passage("p2", 2.0)], [Passage(f"n{i}") for i in range(5)]),
+              QueryGroup("b", "r", [Passage(f"r{i}", 1.0) for i in range(3)], [Passage("m0")]),
+              QueryGroup("c", "s", [Passage("s1", 1.0)], [])]
     pairs = balanced_pairs(groups, seed=0)
-    assert sorted(label for _, _, label in pairs) == [0, 0, 1, 1]
-    lists = listwise_groups(groups, positives_per_group=1, negatives_per_group=3, seed=0)
+    # every positive kept, each followed by a negative of its own query (m0 reused); a query without negatives
+    # gives none, so no step sees a lone label
+    assert sorted(d for _, d, y in pairs if y) == ["p1", "p2", "r0", "r1", "r2"]
+    couples = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
+    assert all(p[2] == 1 and n[2] == 0 and p[0] == n[0] for p, n in couples)
+    assert [n[1] for p, n in couples if p[0] == "r"] == ["m0"] * 3
+    assert len({n[1] for p, n in couples if p[0] == "q"}) == 2
+    assert balanced_pairs(groups, seed=0) == pairs
+    lists = listwise_groups(groups[:1], positives_per_group=1, negatives_per_group=3, seed=0)
     assert len(lists) == 2 and all(len(p) == 4 and p[0].grade > 0 and p[1].grade == 0 for _, p in lists)
 
 
@@ -105,6 +114,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(path, ["stage2.learning_rte=1"])
     with pytest.raises(ConfigError, match="expected a number"):
         load_config(path, ["stage1.max_steps=lots"])
+    with pytest.raises(ConfigError, match="stage1.prompts_per_step: expected an even number.*got 3"):
+        load_config(path, ["stage1.prompts_per_step=3"])
 
 
 # ---- the listwise loss -----------------------------------------------------------------------------

@@ -243,4 +243,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError("data: set only one of data.beir and data.jsonl")
     if config.stage1.num_generations < 2:
         raise ConfigError("stage1.num_generations: GRPO needs at least 2 completions per prompt")
+    if config.stage1.prompts_per_step < 2 or config.stage1.prompts_per_step % 2:
+        raise ConfigError(f"stage1.prompts_per_step: expected an even number (each step takes positive / negative "
+                          f"couples), got {config.stage1.prompts_per_step}")
     return config

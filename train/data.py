@@ -246,13 +246,21 @@ def listwise_groups(groups: list[QueryGroup], positives_per_group: int, negative
 
 
 def balanced_pairs(groups: list[QueryGroup], seed: int = 0) -> list[tuple[str, str, int]]:
-    """(query, document, label) with as many negatives as positives per query, shuffled."""
+    """(query, document, label) as consecutive (positive, negative) couples of one query, couples shuffled.
+
+    Every positive is kept, each beside a negative of its own query (negatives reused when a query has more
+    positives than negatives). Read in order, any even-sized slice holds as many positives as negatives: GRPO
+    steps that saw only one label pushed the model toward answering that label to everything (a first CPU
+    run swung between all-"0" and all-"1" from step to step), while a step that holds both rewards only
+    telling them apart.
+    """
     rng = random.Random(seed)
-    pairs = []
+    couples = []
     for group in groups:
-        for positive in group.positives:
-            pairs.append((group.query, positive.text, 1))
-        negatives = rng.sample(group.negatives, min(len(group.positives), len(group.negatives)))
-        pairs.extend((group.query, n.text, 0) for n in negatives)
-    rng.shuffle(pairs)
-    return pairs
+        if not group.positives or not group.negatives:
+            continue
+        negatives = rng.sample(group.negatives, len(group.negatives))
+        for i, positive in enumerate(group.positives):
+            couples.append(((group.query, positive.text, 1), (group.query, negatives[i % len(negatives)].text, 0)))
+    rng.shuffle(couples)
+    return [pair for couple in couples for pair in couple]

@@ -4,7 +4,8 @@ Each prompt is the contract prompt of one (query, document) pair, as token ids f
 re-tokenize a text prompt (and some tokenizers add a BOS token), so the trainer is handed the exact ids. Two
 rewards, logged separately by TRL: `format_reward` (the completion is one label token, optionally followed by
 end-of-turn tokens) and `label_reward` (its first token, the one the score reads, is the correct label).
-Positives and negatives are balanced.
+Positives and negatives are balanced within every step: each step's prompts are (positive, negative) couples
+of one query, so the group-relative advantages reward telling them apart, not answering one label to all.
 """
 
 from __future__ import annotations
@@ -195,6 +196,8 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         report_to=[],
         disable_tqdm=False,
         use_vllm=False,
+        # `balanced_pairs` alternates positive / negative couples; kept in order, every step holds both labels.
+        shuffle_dataset=False,
     )
     lora = config.lora_for("stage1")
     log = JsonlLog(out, enabled=_is_main_process())
