@@ -162,7 +162,7 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
         if name is None:
             raise ProrankError(f"{model_dir}: tensor {hf_name} has no GGUF name for {config['architectures'][0]}")
         if arch == "LLAMA" and (".attn_q." in name or ".attn_k." in name):
-            tensor = _rotary_interleave(tensor, n_head if ".attn_q." in name else n_head_kv)
+            tensor = rotary_interleave(tensor, n_head if ".attn_q." in name else n_head_kv)
         if name == "token_embd.weight" and tensor.shape[0] != vocab_size:
             raise ProrankError(f"{model_dir}: embedding rows {tensor.shape[0]} differ from vocab_size {vocab_size}")
         dtype = np.float16 if tensor.ndim == 2 else np.float32
@@ -193,7 +193,7 @@ def _add_rope_scaling(writer, config: dict, model_dir: Path) -> None:
     raise ProrankError(f"{model_dir}: rope_scaling type {kind!r} is not supported by the GGUF exporter")
 
 
-def _rotary_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
+def rotary_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
     """Reorder q/k rows from HF's rotate-half layout to the interleaved pairs llama.cpp's Llama rope uses.
 
     Within each head HF pairs dimension i with i + d/2; llama.cpp pairs 2i with 2i + 1.

@@ -6,7 +6,9 @@ and each 1-D weight's delta (norms, biases) in full. `apply_adapter` adds them b
 and saves a plain checkpoint that every backend and the exporters read. `adapter.json` records the base,
 the rank and how much of each delta the rank keeps (relative Frobenius error), so the loss is on record.
 
-Needs torch and safetensors (the `torch` extra).
+`adapter_deltas` reads the deltas back with numpy alone, so the torch merge here and the GGUF merge of
+gguf_adapter.py (an edge box without torch) add the very same arrays. `make_adapter` and `apply_adapter` need
+torch and safetensors (the `torch` extra).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .contract import CONTRACT_FILENAME
 from .errors import ProrankError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_INFO = "adapter.json"
@@ -70,28 +76,48 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
     return info
 
 
+def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
+    """Tensor name (as in the base checkpoint) -> float32 delta: `B @ A` for 2-D weights, stored in full for
+    the rest. Needs numpy and safetensors only."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise ProrankError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}")
+    stored = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    deltas = {}
+    for key, value in stored.items():
+        if key.endswith(_FULL):
+            deltas[key[: -len(_FULL)]] = value.astype(np.float32)
+        elif key.endswith(_B):
+            name = key[: -len(_B)]
+            if name + _A not in stored:
+                raise ProrankError(f"{adapter_dir}: {key} has no matching {name + _A}")
+            deltas[name] = value.astype(np.float32) @ stored[name + _A].astype(np.float32)
+        elif not key.endswith(_A):
+            raise ProrankError(f"{adapter_dir}: unexpected adapter tensor {key}")
+    return deltas
+
+
 def apply_adapter(base_dir: str | Path, adapter_dir: str | Path, output_dir: str | Path) -> Path:
     """Save base + adapter as a plain checkpoint (config, weights, tokenizer of the base; the adapter's contract)."""
     import torch
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_dir, adapter_dir, output_dir = Path(base_dir), Path(adapter_dir), Path(output_dir)
-    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
-        raise ProrankError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}")
-    parts = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    deltas = adapter_deltas(adapter_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     # Tied embeddings appear under both names in the state dict; add each delta once, to the stored tensor.
     state = model.state_dict(keep_vars=True)
     with torch.no_grad():
-        for key in parts:
-            if key.endswith(_A):
-                continue
-            name = key[: -len(_B)] if key.endswith(_B) else key[: -len(_FULL)]
+        for name, delta in deltas.items():
             if name not in state:
                 raise ProrankError(f"{adapter_dir}: tensor {name!r} is not in the base model {base_dir}")
-            delta = (parts[key].float() @ parts[name + _A].float()) if key.endswith(_B) else parts[key].float()
-            state[name].add_(delta.to(state[name].dtype))
+            if tuple(state[name].shape) != delta.shape:
+                raise ProrankError(f"{adapter_dir}: the delta of {name} has shape {delta.shape}, the base "
+                                   f"{base_dir} has {tuple(state[name].shape)}")
+            state[name].add_(torch.from_numpy(delta).to(state[name].dtype))
     model.save_pretrained(output_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(output_dir)
     shutil.copyfile(adapter_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)

@@ -2,7 +2,7 @@
 
 An edge box with only the gguf extra has llama.cpp but no transformers, so it cannot merge the adapter the way
 `apply_adapter` does. Here the base GGUF is dequantized with the `gguf` package (numpy), each tensor gets its
-delta (`B @ A` for 2-D weights, the full delta for norms), and the sum is written as one f16 GGUF with the
+delta (`adapter_deltas`, the arrays the torch merge adds too), and the sum is written as one f16 GGUF with the
 adapter's scoring contract in its metadata: the same weights the torch path merges, at f16 precision.
 
 Needs numpy, `gguf` and `safetensors` (the `gguf` extra).
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapter import _A, _B, _FULL, ADAPTER_WEIGHTS
+from .adapter import adapter_deltas
 from .contract import ScoringContract
 from .errors import MissingExtraError, ProrankError
-from .export.gguf_export import CONTRACT_KEY, _rotary_interleave
+from .export.gguf_export import CONTRACT_KEY, rotary_interleave
 
 _ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
 
@@ -26,10 +26,10 @@ _ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
 def _import_gguf():
     try:
         import gguf
-        from safetensors.numpy import load_file
+        import safetensors.numpy  # noqa: F401  (adapter_deltas reads the adapter with it)
     except ImportError:
         raise MissingExtraError("applying the default adapter without torch", "gguf", "gguf") from None
-    return gguf, load_file
+    return gguf
 
 
 def _field(reader, key: str):
@@ -58,26 +58,9 @@ def _copy_fields(reader, writer, gguf) -> None:
             writer.add_key_value(field.name, field.parts[field.data[0]][0].item(), kind)
 
 
-def _deltas(adapter_dir: Path, load_file) -> dict[str, np.ndarray]:
-    """HF tensor name -> float32 delta, from adapter.safetensors."""
-    stored = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-    deltas = {}
-    for key, value in stored.items():
-        if key.endswith(_FULL):
-            deltas[key[: -len(_FULL)]] = value.astype(np.float32)
-        elif key.endswith(_B):
-            name = key[: -len(_B)]
-            if name + _A not in stored:
-                raise ProrankError(f"{adapter_dir}: {key} has no matching {name + _A}")
-            deltas[name] = value.astype(np.float32) @ stored[name + _A].astype(np.float32)
-        elif not key.endswith(_A):
-            raise ProrankError(f"{adapter_dir}: unexpected adapter tensor {key}")
-    return deltas
-
-
 def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output_path: str | Path) -> Path:
     """Write base + adapter as an f16 GGUF reranker at output_path (via a temporary name); returns the path."""
-    gguf, load_file = _import_gguf()
+    gguf = _import_gguf()
     base_gguf, adapter_dir, output_path = Path(base_gguf), Path(adapter_dir), Path(output_path)
     reader = gguf.GGUFReader(str(base_gguf))
     arch = _field(reader, "general.architecture")
@@ -91,7 +74,7 @@ def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output
     # GGUF lists dimensions fastest first; numpy wants them the other way round.
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
     pending = {}
-    for hf_name, delta in _deltas(adapter_dir, load_file).items():
+    for hf_name, delta in adapter_deltas(adapter_dir).items():
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ProrankError(f"{adapter_dir}: adapter tensor {hf_name} has no GGUF name for {arch}")
@@ -99,7 +82,7 @@ def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output
             raise ProrankError(f"{adapter_dir}: the delta of {hf_name} has shape {delta.shape}, the base "
                                f"{base_gguf.name} has {shapes.get(name, 'no such tensor')}")
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
-            delta = _rotary_interleave(delta, n_head if ".attn_q." in name else n_head_kv)
+            delta = rotary_interleave(delta, n_head if ".attn_q." in name else n_head_kv)
         pending[name] = delta
 
     contract = ScoringContract.load(adapter_dir)
