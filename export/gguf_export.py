@@ -21,6 +21,8 @@ import numpy as np
 
 from ..contract import PromptBuilder, ScoringContract
 from ..errors import MissingExtraError, ProrankError
+from .parity import builtin_pairs
+from .smoothing import DEFAULT_ALPHA, activation_maxima, smooth_tensor, smoothing_scales, weight_column_maxima
 
 CONTRACT_KEY = "prorank.contract"
 TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
@@ -44,10 +46,12 @@ _TOKENIZER_PROBE = (
 
 
 def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f16", overwrite: bool = False,
-                max_length: int | None = None) -> dict:
+                max_length: int | None = None, smoothing_alpha: float | None = None) -> dict:
     """Convert the checkpoint in `model_dir` to a GGUF reranker at `output_path`; returns what was written.
 
     quant: "f16", "q8_0" or "q4_k_m". max_length: stored in the file's contract (default: the checkpoint's).
+    smoothing_alpha: channel smoothing before quantization (export/smoothing.py); None: DEFAULT_ALPHA for the
+    quantized levels, none for f16; 0 turns it off.
     The file is written under a temporary name beside `output_path` and renamed only when complete.
     """
     if quant not in QUANTS:
@@ -63,6 +67,10 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
     arch = _architecture(config, model_dir)
     if quant != "f16" and not _has_llama_cpp():  # fail before the slow conversion
         raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp")
+    if smoothing_alpha is None:
+        smoothing_alpha = DEFAULT_ALPHA if quant != "f16" else 0.0
+    if not 0.0 <= smoothing_alpha <= 1.0:
+        raise ProrankError(f"smoothing alpha {smoothing_alpha} is outside [0, 1]")
 
     started = time.perf_counter()
     tokenizer_path = model_dir / "tokenizer.json"
@@ -73,11 +81,17 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
 
     prompts = PromptBuilder(Tokenizer.from_str(tokenizer_text), ScoringContract.load(model_dir), max_length)
 
+    scales = {}
+    if smoothing_alpha > 0:
+        # Calibrated on the built-in pairs: the outlier channels belong to the model, not to one text.
+        maxima = activation_maxima(model_dir, builtin_pairs(), prompts.contract.max_length)
+        scales = smoothing_scales(maxima, weight_column_maxima(_read_tensors(model_dir)), config, smoothing_alpha)
+
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
     f16_path = partial.with_suffix(".f16.partial") if quant != "f16" else partial
     try:
-        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path)
+        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path, scales)
         fallback = None
         if quant != "f16":
             fallback = _quantize(f16_path, partial, quant)
@@ -97,6 +111,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         "llama_tokenizer_matches_hf": tokenizer_check,
         "quant_fallback": fallback,
         "head_type": HEAD_TYPES.get(quant, "GGML_TYPE_F16").removeprefix("GGML_TYPE_").lower(),
+        "smoothing_alpha": smoothing_alpha,
         "contract": prompts.contract.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
         "source": str(model_dir),
@@ -119,8 +134,10 @@ def _architecture(config: dict, model_dir: Path) -> str:
 
 
 def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, contract: ScoringContract,
-               path: Path) -> str:
-    """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name."""
+               path: Path, scales: dict | None = None) -> str:
+    """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name.
+
+    scales: channel smoothing to apply on the way (`smoothing.smoothing_scales`), or None."""
     import gguf
 
     model_arch = getattr(gguf.MODEL_ARCH, arch)
@@ -158,6 +175,7 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
     for hf_name, tensor in _read_tensors(model_dir):
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed by llama.cpp / the same matrix as token_embd
+        tensor = smooth_tensor(hf_name, tensor, scales or {})
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ProrankError(f"{model_dir}: tensor {hf_name} has no GGUF name for {config['architectures'][0]}")

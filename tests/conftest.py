@@ -7,6 +7,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prorank_edge.contract import ScoringContract
@@ -99,3 +100,35 @@ def scifact_dir() -> Path:
     if not (SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact is not present at {SCIFACT}")
     return SCIFACT
+
+
+def rewrite_checkpoint(model_dir: Path, out: Path, change) -> Path:
+    """A copy of the checkpoint with every tensor passed through change(name, float32 array)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    state = load_file(str(out / "model.safetensors"))
+    save_file({k: torch.from_numpy(np.ascontiguousarray(change(k, v.float().numpy()))) for k, v in state.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def with_outlier_channel(model_dir: Path, out: Path, channel: int = 5, factor: float = 60.0) -> Path:
+    """One huge activation channel: layer 0's input norm scaled up by `factor` on one channel, the q/k/v columns
+    that read it scaled down by as much (as trained LLMs have, and quantizers hate). Biases, which a random
+    init leaves at zero, get values, so that smoothing must scale them too."""
+    rng = np.random.default_rng(0)
+
+    def change(name, tensor):
+        if name.endswith("_proj.bias"):
+            tensor = tensor + rng.normal(0, 0.5, tensor.shape).astype(np.float32)
+        elif name == "model.layers.0.input_layernorm.weight":
+            tensor = tensor.copy()
+            tensor[channel] *= factor
+        elif name in {f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"}:
+            tensor = tensor.copy()
+            tensor[:, channel] /= factor
+        return tensor
+
+    return rewrite_checkpoint(model_dir, out, change)

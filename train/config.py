@@ -71,6 +71,8 @@ class Stage1Config:
     end_of_turn_warmup_learning_rate: float = 1e-4
     beta: float = 0.0
     loss_type: str = "dapo"
+    #: TRL's advantage scaling: "group" (divide by each prompt's reward std), "batch" or "none" (Dr. GRPO)
+    scale_rewards: str = "group"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

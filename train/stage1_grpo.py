@@ -182,6 +182,7 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         temperature=stage.temperature,
         beta=stage.beta,
         loss_type=stage.loss_type,
+        scale_rewards=stage.scale_rewards,
         reward_weights=[stage.format_weight, stage.accuracy_weight],
         warmup_ratio=stage.warmup_ratio,
         weight_decay=stage.weight_decay,
