@@ -22,7 +22,7 @@ import numpy as np
 from ..contract import PromptBuilder, ScoringContract
 from ..errors import MissingExtraError, ProrankError
 from .parity import builtin_pairs
-from .smoothing import DEFAULT_ALPHA, activation_maxima, smooth_tensor, smoothing_scales, weight_column_maxima
+from .smoothing import DEFAULT_ALPHAS, activation_maxima, smooth_tensor, smoothing_scales, weight_column_maxima
 
 CONTRACT_KEY = "prorank.contract"
 TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
@@ -50,7 +50,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
     """Convert the checkpoint in `model_dir` to a GGUF reranker at `output_path`; returns what was written.
 
     quant: "f16", "q8_0" or "q4_k_m". max_length: stored in the file's contract (default: the checkpoint's).
-    smoothing_alpha: channel smoothing before quantization (export/smoothing.py); None: DEFAULT_ALPHA for the
+    smoothing_alpha: channel smoothing before quantization (export/smoothing.py); None: DEFAULT_ALPHAS for the
     quantized levels, none for f16; 0 turns it off.
     The file is written under a temporary name beside `output_path` and renamed only when complete.
     """
@@ -68,7 +68,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
     if quant != "f16" and not _has_llama_cpp():  # fail before the slow conversion
         raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp")
     if smoothing_alpha is None:
-        smoothing_alpha = DEFAULT_ALPHA if quant != "f16" else 0.0
+        smoothing_alpha = DEFAULT_ALPHAS.get(quant, 0.0)
     if not 0.0 <= smoothing_alpha <= 1.0:
         raise ProrankError(f"smoothing alpha {smoothing_alpha} is outside [0, 1]")
 
