@@ -22,7 +22,7 @@ import numpy as np
 from ..contract import PromptBuilder, ScoringContract
 from ..errors import MissingExtraError, ProrankError
 from .parity import builtin_pairs
-from .smoothing import DEFAULT_ALPHAS, activation_maxima, smooth_tensor, smoothing_scales, weight_column_maxima
+from .smoothing import DEFAULT_ALPHAS, calibration_maxima, smooth_tensor, smoothing_scales
 
 CONTRACT_KEY = "prorank.contract"
 TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
@@ -84,8 +84,8 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
     scales = {}
     if smoothing_alpha > 0:
         # Calibrated on the built-in pairs: the outlier channels belong to the model, not to one text.
-        maxima = activation_maxima(model_dir, builtin_pairs(), prompts.contract.max_length)
-        scales = smoothing_scales(maxima, weight_column_maxima(_read_tensors(model_dir)), config, smoothing_alpha)
+        maxima, weight_maxima = calibration_maxima(model_dir, builtin_pairs(), prompts.contract.max_length)
+        scales = smoothing_scales(maxima, weight_maxima, config, smoothing_alpha)
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")

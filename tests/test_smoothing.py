@@ -30,18 +30,16 @@ def _scores(model_dir: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("model", ["tiny_qwen2_dir", "tiny_llama_dir"])
 def test_smoothing_keeps_the_scores_and_removes_the_outlier(model, request, tmp_path):
-    from prorank_edge.export.gguf_export import _read_tensors
-    from prorank_edge.export.smoothing import activation_maxima, smooth_tensor, smoothing_scales, \
-        weight_column_maxima
+    from prorank_edge.export.smoothing import calibration_maxima, smooth_tensor, smoothing_scales
 
     base = request.getfixturevalue(model)
     outlier = with_outlier_channel(base, tmp_path / "outlier")
     config = json.loads((outlier / "config.json").read_text())
-    before = activation_maxima(outlier, PAIRS)
+    before, weight_maxima = calibration_maxima(outlier, PAIRS)
     q_in = before["model.layers.0.self_attn.q_proj"]
     assert q_in[5] > 20 * np.median(q_in)
 
-    scales = smoothing_scales(before, weight_column_maxima(_read_tensors(outlier)), config, alpha=0.8)
+    scales = smoothing_scales(before, weight_maxima, config, alpha=0.8)
     # Exact only if Qwen2's v_proj bias is divided with its rows and the o_proj columns follow grouped-query
     # attention (4 heads share 2 kv heads in both fixtures).
     smoothed = rewrite_checkpoint(outlier, tmp_path / "smoothed", lambda name, t: smooth_tensor(name, t, scales))
@@ -49,7 +47,7 @@ def test_smoothing_keeps_the_scores_and_removes_the_outlier(model, request, tmp_
     assert np.ptp(reference) > 0.03  # the 4 scores differ, so a wrong scale would show
     np.testing.assert_allclose(got, reference, atol=1e-4)
 
-    after = activation_maxima(smoothed, PAIRS)
+    after, _ = calibration_maxima(smoothed, PAIRS)
     for name in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
         x = after[f"model.layers.0.{name}"]
         ratio_before = before[f"model.layers.0.{name}"].max() / np.median(before[f"model.layers.0.{name}"])
