@@ -176,6 +176,29 @@ def test_stage2_loss_falls_on_a_fixed_batch(tiny_qwen2_dir):
 
 
 @requires_torch
+def test_stage2_trains_the_label_rows_of_an_untied_head(qwen_tokenizer_dir, tmp_path):
+    import torch
+    from conftest import build_tiny_model
+
+    from prorank_edge.train.common import load_model_and_tokenizer
+    from prorank_edge.train.stage2_listwise import GroupScorer, _grades, group_scores, listwise_loss
+
+    untied = build_tiny_model("llama", qwen_tokenizer_dir, tmp_path / "untied")  # Llama: head not tied
+    model, _, prompts = load_model_and_tokenizer(str(untied), 96)
+    head = model.get_output_embeddings().weight
+    assert head.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    groups = [("what do cats eat", [Passage("cats eat fish", 1.0), Passage("weather was mild", 0.0)])]
+    loss, _ = listwise_loss(group_scores(GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id),
+                                         prompts, groups, "cpu"), _grades(groups))
+    loss.backward()
+    rows = head.grad.abs().sum(dim=1)
+    labels = [prompts.positive_token_id, prompts.negative_token_id]
+    assert bool((rows[labels] > 0).all())  # the score's two rows learn...
+    rows[labels] = 0
+    assert float(rows.sum()) == 0.0  # ...and no other row of the head is touched
+
+
+@requires_torch
 def test_lora_merge_saves_a_plain_checkpoint_that_scores_like_the_merged_model(tiny_qwen2_dir, tmp_path):
     import torch
     from peft import get_peft_model
@@ -232,6 +255,68 @@ def test_stage2_trains_saves_and_resumes(tiny_qwen2_dir, tmp_path):
     assert (out / "best.json").is_file()
 
 
+@requires_torch
+def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(tiny_qwen2_dir, tmp_path):
+    """DDP (2 CPU processes, gloo), one group each per step, trains the model that one process does with
+    two groups per step: same groups, averaged gradients, same learning-rate schedule."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from prorank_edge.reranker import Reranker
+    from prorank_edge.train.stage2_listwise import train_stage2
+
+    data = write_jsonl(tmp_path / "train.jsonl", queries=10)
+    base = ["model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=2",
+            "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
+            "stage2.learning_rate=1e-3", "stage2.warmup_ratio=0", "stage2.max_steps=3", "stage2.eval_steps=0",
+            "stage2.save_steps=0", "stage2.logging_steps=1"]
+    single = train_stage2(load_config(None, base + ["stage2.groups_per_step=2"]), tmp_path / "one_process")
+
+    (tmp_path / "config.yaml").write_text("seed: 0\n")  # the settings are the same `--set`s as above
+    with socket.socket() as probe:  # a free port for the processes' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The shipped DDP config, as the README launches it, on 2 CPU processes: accelerate's `--cpu` would run a
+    # single process (it needs MPI for more), so the launch is the GPU one with ACCELERATE_USE_CPU set.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(Path(__file__).parents[1] / "train" / "configs" / "accelerate_ddp.yaml"), "--num_processes", "2",
+              "--mixed_precision", "no", "--main_process_port", str(port), "-m", "prorank_edge.train", "stage2",
+              "--config", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "two_processes")]
+    launch += [arg for item in base + ["stage2.groups_per_step=1"] for arg in ("--set", item)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    events = [json.loads(line) for line in (tmp_path / "two_processes" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]  # one writer, not one per process
+    one = [json.loads(line) for line in (single / "train_log.jsonl").read_text().splitlines()]
+    # The learning rate follows the same schedule (accelerate steps a prepared scheduler once per process).
+    assert [e["lr"] for e in events if e["event"] == "train"] == pytest.approx(
+        [e["lr"] for e in one if e["event"] == "train"])
+
+    pairs = [(f"why do {t}", f"{t} fact {k}") for t in TOPICS for k in range(2)]
+    start = Reranker(str(tiny_qwen2_dir), dtype="float32", device="cpu").predict(pairs)
+    scores_one = Reranker(str(single), dtype="float32", device="cpu").predict(pairs)
+    scores_two = Reranker(str(tmp_path / "two_processes"), dtype="float32", device="cpu").predict(pairs)
+    moved = np.abs(scores_one - start).max()
+    assert moved > 1e-2
+    np.testing.assert_allclose(scores_two, scores_one, atol=0.02 * moved)
+
+
+def test_a_launch_that_accelerate_does_not_join_is_refused(monkeypatch):
+    from prorank_edge.errors import ProrankError
+    from prorank_edge.train.common import check_process_count
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ProrankError, match="ACCELERATE_USE_CPU=1"):
+        check_process_count(1)  # what accelerate reports for each of 2 CPU processes it was not told to join
+    check_process_count(2)
+    monkeypatch.delenv("WORLD_SIZE")
+    check_process_count(1)
+
+
 def _label_prone_copy(tiny_dir: Path, target: Path) -> Path:
     """The tiny model, edited so its first generated token is "0" or "1" about half the time each.
 
@@ -277,6 +362,34 @@ def test_stage1_grpo_runs_and_changes_the_weights(tiny_qwen2_dir, tmp_path):
     assert max(e["rewards/format_reward/mean"] for e in rewards) > 0.5
 
 
+@requires_torch
+def test_stage1_kl_reference_is_the_warmed_up_model(tiny_qwen2_dir, tmp_path):
+    """With beta > 0 the KL term measures the policy against the model after the warm-up: at the first step,
+    before any GRPO update, the two are the same model and the logged KL is 0 (against the checkpoint as
+    loaded, which the warm-up changed, it would not be)."""
+    pytest.importorskip("trl")
+    from prorank_edge.train.stage1_grpo import WARMED_REFERENCE, train_stage1
+
+    # The random model as it is: its completions are any tokens, whose probabilities the warm-up changes
+    # (the label-prone copy puts all its mass evenly on "0" and "1", before and after, so its KL stays 0).
+    model_dir = Path(tiny_qwen2_dir)
+    data = write_jsonl(tmp_path / "train.jsonl", queries=6)
+    config = load_config(None, [
+        f"model={model_dir}", f"data.jsonl={data}", "data.dev_queries=2", "max_length=96",
+        "stage1.max_steps=1", "stage1.prompts_per_step=2", "stage1.num_generations=4",
+        "stage1.max_completion_length=2", "stage1.learning_rate=1e-3", "stage1.eval_steps=0",
+        "stage1.save_steps=100", "stage1.logging_steps=1", "stage1.beta=0.1",
+        "stage1.end_of_turn_warmup_steps=2", "stage1.end_of_turn_warmup_learning_rate=3e-3",
+        "stage1.end_of_turn_warmup_label=true",
+    ])
+    out = train_stage1(config, tmp_path / "stage1")
+    assert _changed(_weights(model_dir), _weights(out / WARMED_REFERENCE))  # the warm-up did change the model
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    first = next(e for e in logged if e["event"] == "train" and "kl" in e)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert first["entropy"] > 0.1  # sampled, not certain, tokens: a KL of 0 is not a degenerate one
+
+
 def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir):
     import torch
 
@@ -307,6 +420,50 @@ def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir
     # From about one in a million to a likely answer (on SmolLM2, 3 steps took it from 1e-4 to 0.6 while
     # the first answer token stayed the same; a random tiny model cannot tell the positions apart as well).
     assert after[0] > max(0.05, 1e4 * before[0])
+
+
+def test_warmup_that_supervises_the_label_makes_both_labels_likely_and_evenly_so(tiny_qwen2_dir):
+    import torch
+
+    from prorank_edge.train.common import load_model_and_tokenizer
+    from prorank_edge.train.stage1_grpo import end_of_turn_warmup
+
+    torch.manual_seed(0)
+    model, tokenizer, prompts = load_model_and_tokenizer(str(tiny_qwen2_dir), 96)
+    pairs = [(f"why do {t}", f"{t} fact {k}", k % 2) for t in TOPICS for k in range(2)]
+    token_ids = prompts.build_pairs((q, d) for q, d, _ in pairs)
+    labels = [y for *_, y in pairs]
+
+    @torch.no_grad()
+    def label_probabilities():
+        rows = [model(torch.tensor([ids])).logits[0, -1].softmax(-1) for ids in token_ids]
+        return (np.array([float(r[prompts.positive_token_id]) for r in rows]),
+                np.array([float(r[prompts.negative_token_id]) for r in rows]))
+
+    one, zero = label_probabilities()
+    end_of_turn_warmup(model, token_ids, labels, prompts.positive_token_id, prompts.negative_token_id,
+                       tokenizer.convert_tokens_to_ids("<|im_end|>"), steps=16, batch_size=8, learning_rate=3e-3,
+                       supervise_label=True)
+    model.eval()
+    one_after, zero_after = label_probabilities()
+    mass_before, mass_after = float(np.mean(one + zero)), float(np.mean(one_after + zero_after))
+    share_of_one = float(np.mean(one_after / (one_after + zero_after)))
+    print(f"p(0 or 1) at the scoring position {mass_before:.2e} -> {mass_after:.3f}; share of 1 {share_of_one:.2f}")
+    assert mass_after > max(0.2, 1000 * mass_before)
+    # Balanced labels: the warm-up sets the prior near even, it does not pick one label for every prompt.
+    assert 0.25 < share_of_one < 0.75
+
+
+def test_pairwise_auc_counts_ordered_pairs_and_half_the_ties():
+    from prorank_edge.train.evidence import pairwise_auc
+
+    labels = np.array([1, 0, 1, 0])
+    assert pairwise_auc(np.array([3.0, 1.0, 2.0, 0.0]), labels) == 1.0
+    assert pairwise_auc(np.array([0.0, 1.0, 2.0, 3.0]), labels) == 0.25
+    # A constant offset changes the sign of every score, not the order: sign accuracy moves, AUC does not.
+    assert pairwise_auc(np.array([3.0, 1.0, 2.0, 0.0]) - 10, labels) == 1.0
+    assert pairwise_auc(np.array([1.0, 1.0, 2.0, 0.0]), labels) == 0.875
+    assert pairwise_auc(np.array([1.0, 2.0]), np.array([1, 1])) is None
 
 
 def test_train_adapter_measures_on_the_queries_training_held_out(tmp_path):

@@ -50,6 +50,21 @@ def load_model_and_tokenizer(spec: str, max_length: int, dtype: torch.dtype = to
     return model, tokenizer, prompts
 
 
+def check_process_count(num_processes: int) -> None:
+    """Refuse a launch whose processes accelerate does not join into one run.
+
+    torchrun (under `accelerate launch`) starts WORLD_SIZE processes; without GPUs accelerate joins them only
+    when told to run on the CPU, and otherwise each would train alone as rank 0, every one writing the same
+    output folder.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and num_processes != launched:
+        raise ProrankError(
+            f"launched as {launched} processes, but accelerate runs them as {num_processes}: each would train "
+            "alone and overwrite the others' output. Without GPUs, set ACCELERATE_USE_CPU=1 so they train "
+            "together (DDP over gloo)")
+
+
 def peft_config(config: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 

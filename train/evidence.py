@@ -3,7 +3,8 @@
 - label answering on held-out train-split pairs (the dev queries both stages hold out; balanced positives and
   BM25 hard negatives): the share of greedy completions that are exactly "0" or "1" (an end-of-turn token
   allowed), the share that are exactly the correct label, the same two for the first token alone (what the
-  score reads), and the accuracy of the score's sign;
+  score reads), the share of first tokens that are "1", the accuracy of the score's sign, and the score's
+  pairwise AUC (positives above negatives, whatever the score's offset);
 - nDCG@10 of BM25 and of each checkpoint reranking BM25's top k on the first queries of the test split.
 
 Every model is scored on the same pairs and queries, at the same max_length.
@@ -47,6 +48,15 @@ def label_pairs(beir_dir: str, split: str, dev_queries: int, pairs: int, seed: i
     return chosen
 
 
+def pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of (positive, negative) pairs whose scores are in the right order, ties counted half."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if not len(positive) or not len(negative):
+        return None
+    difference = positive[:, None] - negative[None, :]
+    return float(np.mean((difference > 0) + 0.5 * (difference == 0)))
+
+
 @torch.no_grad()
 def label_answers(model_dir: str, pairs, max_length: int, max_new_tokens: int = 2, batch_size: int = 8) -> dict:
     """Greedy completions of the contract prompts, in left-padded batches (generation reads the mask)."""
@@ -57,7 +67,7 @@ def label_answers(model_dir: str, pairs, max_length: int, max_new_tokens: int = 
     end_ids = end_of_turn_ids(tokenizer)
     labels = [p[2] for p in pairs]
     token_ids = prompts.build_pairs((q, d) for q, d, _ in pairs)
-    formatted = correct = first_is_label = first_correct = 0
+    formatted = correct = first_is_label = first_correct = answered_one = 0
     first_step_scores, examples = [], []
     for start in range(0, len(token_ids), batch_size):
         ids, mask = left_pad(token_ids[start:start + batch_size], pad_id=tokenizer.pad_token_id)
@@ -80,6 +90,7 @@ def label_answers(model_dir: str, pairs, max_length: int, max_new_tokens: int = 
             # The first token alone is what the score reads, whatever follows it.
             first_is_label += completion[0] in (prompts.positive_token_id, prompts.negative_token_id)
             first_correct += completion[0] == wanted
+            answered_one += completion[0] == prompts.positive_token_id
             if len(examples) < 8:
                 examples.append(tokenizer.decode(completion))
     scores = np.array(first_step_scores)
@@ -91,6 +102,9 @@ def label_answers(model_dir: str, pairs, max_length: int, max_new_tokens: int = 
         "first_token_is_label": first_is_label / len(pairs),
         "first_token_accuracy": first_correct / len(pairs),
         "score_sign_accuracy": float(np.mean((scores > 0) == (labels == 1))),
+        # Threshold-free: does the score order positives above negatives, whatever its offset?
+        "score_auc": pairwise_auc(scores, labels),
+        "first_token_one_share": answered_one / len(pairs),
         "example_completions": examples,
     }
 

@@ -16,10 +16,14 @@ from pathlib import Path
 import torch
 
 from ..errors import ProrankError
-from .common import (JsonlLog, RESUME_DIR, dev_ndcg, load_model_and_tokenizer, peft_config, read_best,
-                     save_checkpoint, set_seed, write_best)
+from .common import (JsonlLog, RESUME_DIR, check_process_count, dev_ndcg, load_model_and_tokenizer, peft_config,
+                     read_best, save_checkpoint, set_seed, write_best)
 from .config import TrainConfig
 from .data import TrainingData, balanced_pairs, load_training_data
+
+
+#: inside output_dir: the warmed-up model that GRPO's KL term (beta > 0) measures the policy against
+WARMED_REFERENCE = "warmed_reference"
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:
@@ -50,14 +54,18 @@ def make_rewards(positive_id: int, negative_id: int, end_ids: set[int]):
 
 
 def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], positive_id: int, negative_id: int,
-                       end_id: int, steps: int, batch_size: int, learning_rate: float, log=None) -> list[float]:
-    """Teach the model to end its turn after a label: cross-entropy on the end-of-turn token alone.
+                       end_id: int, steps: int, batch_size: int, learning_rate: float, log=None,
+                       supervise_label: bool = False) -> list[float]:
+    """Teach the model to end its turn after a label: cross-entropy on the end-of-turn token (and the label).
 
     GRPO learns only from differences between a prompt's sampled completions; SmolLM2-135M follows "0"/"1"
     with "." and ends its turn with p ~ 1e-4, so no sample earns the format reward and nothing is learned
     (DeepSeek-R1's "cold start" runs a little supervised data before RL for the same reason). Each example is
-    the prompt, its correct label, then end-of-turn; the loss reads only the end-of-turn position, so which
-    label to answer is still left to GRPO's rewards. Returns the loss of each step.
+    the prompt, its correct label, then end-of-turn. By default the loss reads only the end-of-turn position,
+    so which label to answer is left to GRPO. With `supervise_label` it also reads the label position; on
+    balanced couples a few such steps mostly set the prior of "1" against "0" near even, which matters
+    because GRPO's expected push on a binary answer scales with p(1 - p): from a policy that answers "0"
+    to everything it barely moves, and greedy answers stay "0" whatever it learns. Returns each step's loss.
     """
     from ..contract import left_pad, position_ids
 
@@ -71,19 +79,23 @@ def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], pos
         sequences = [list(token_ids[r]) + [positive_id if labels[r] else negative_id] for r in rows]
         ids, mask = left_pad(sequences)
         tensors = [torch.from_numpy(a).to(device) for a in (ids, mask, position_ids(mask))]
-        # Left padding puts every sequence's label at the last position, whose next token is end-of-turn.
+        # Left padding puts every sequence's label at the last position, whose next token is end-of-turn;
+        # the position before it is the scoring position, whose next token is the label.
         logits = model(input_ids=tensors[0], attention_mask=tensors[1], position_ids=tensors[2],
-                       logits_to_keep=1).logits[:, -1, :].float()
-        target = torch.full((len(rows),), end_id, dtype=torch.long, device=device)
-        loss = torch.nn.functional.cross_entropy(logits, target)
+                       logits_to_keep=2).logits.float()
+        end_target = torch.full((len(rows),), end_id, dtype=torch.long, device=device)
+        loss = torch.nn.functional.cross_entropy(logits[:, -1, :], end_target)
+        if supervise_label:
+            label_target = torch.tensor([s[-1] for s in sequences], dtype=torch.long, device=device)
+            loss = (loss + torch.nn.functional.cross_entropy(logits[:, -2, :], label_target)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
         if log is not None:
-            log.write("end_of_turn_warmup", step=step + 1, loss=losses[-1],
-                      p_end_of_turn=math.exp(-losses[-1]))
+            log.write("end_of_turn_warmup", step=step + 1, loss=losses[-1], supervise_label=supervise_label,
+                      **({} if supervise_label else {"p_end_of_turn": math.exp(-losses[-1])}))
     optimizer.zero_grad(set_to_none=True)
     return losses
 
@@ -200,6 +212,7 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         # `balanced_pairs` alternates positive / negative couples; kept in order, every step holds both labels.
         shuffle_dataset=False,
     )
+    check_process_count(grpo_args.world_size)  # before the warm-up spends any time
     lora = config.lora_for("stage1")
     log = JsonlLog(out, enabled=_is_main_process())
     if stage.end_of_turn_warmup_steps and not resume:
@@ -210,7 +223,11 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         warm_ids = [prompt_ids[text] for text in rows["prompt"]]
         end_of_turn_warmup(model, warm_ids, rows["label"], prompts.positive_token_id,
                            prompts.negative_token_id, end_id, stage.end_of_turn_warmup_steps, batch,
-                           stage.end_of_turn_warmup_learning_rate, log)
+                           stage.end_of_turn_warmup_learning_rate, log, stage.end_of_turn_warmup_label)
+        if stage.beta and not lora.enabled:
+            _reference_is_warmed_model(model, out)
+    elif resume and stage.beta and (out / WARMED_REFERENCE).is_dir():
+        model.config._name_or_path = str(out / WARMED_REFERENCE)
     format_reward, label_reward = make_rewards(prompts.positive_token_id, prompts.negative_token_id,
                                                end_of_turn_ids(tokenizer))
     trainer = _trainer_class()(
@@ -229,6 +246,25 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     log.write("end", step=trainer.state.global_step, best=read_best(out))
     return out
+
+
+def _reference_is_warmed_model(model, out: Path) -> Path:
+    """Make GRPO's KL reference the warmed-up model, not the checkpoint it was loaded from.
+
+    TRL builds the reference (beta > 0, full fine-tuning) by loading `config._name_or_path` again; that would
+    be the model before the warm-up, which never answers "0"/"1", so the KL term would pull the policy away
+    from the format it was just taught. (With LoRA the reference is the model with the adapter disabled,
+    which already is the warmed model.)
+    """
+    from accelerate import PartialState  # set up by GRPOConfig already
+
+    folder = out / WARMED_REFERENCE
+    state = PartialState()
+    if state.is_main_process:  # every process warmed up the same model on the same data
+        model.save_pretrained(folder)
+    state.wait_for_everyone()
+    model.config._name_or_path = str(folder)
+    return folder
 
 
 def _is_main_process() -> bool:

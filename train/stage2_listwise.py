@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from ..backends.torch_backend import folded_score_head, last_position_scores, model_body
 from ..contract import PromptBuilder, left_pad, position_ids
 from ..errors import ProrankError
-from .common import (JsonlLog, RESUME_DIR, dev_ndcg, load_model_and_tokenizer, peft_config, read_best,
-                     save_checkpoint, set_seed, write_best)
+from .common import (JsonlLog, RESUME_DIR, check_process_count, dev_ndcg, load_model_and_tokenizer, peft_config,
+                     read_best, save_checkpoint, set_seed, write_best)
 from .config import TrainConfig
 from .data import Passage, TrainingData, listwise_groups, load_training_data
 
@@ -59,8 +59,8 @@ class GroupScorer(torch.nn.Module):
         self.negative_token_id = negative_token_id
 
     def forward(self, input_ids, attention_mask, positions):
-        # The folded head is re-read every step: with tied embeddings it moves as the input embeddings train.
-        row, offset = folded_score_head(self.model, self.positive_token_id, self.negative_token_id)
+        # The folded head is re-read every step and kept in the graph: its two label rows train with the body.
+        row, offset = folded_score_head(self.model, self.positive_token_id, self.negative_token_id, trainable=True)
         return last_position_scores(model_body(self.model), row, offset, input_ids, attention_mask, positions)
 
 
@@ -108,6 +108,7 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
                            "first, or set stage2.init_from")
     accelerator = Accelerator(mixed_precision=stage.mixed_precision,
                               gradient_accumulation_steps=stage.gradient_accumulation_steps)
+    check_process_count(accelerator.num_processes)
     set_seed(config.seed)
     model, tokenizer, prompts = load_model_and_tokenizer(init, config.max_length, torch.float32)
     if stage.gradient_checkpointing:
@@ -127,7 +128,11 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
     scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id)
     optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=stage.learning_rate,
                                   weight_decay=stage.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total_steps), total_steps)
+    # Once prepared, accelerate steps the scheduler once per process at every optimizer step (it assumes the
+    # global batch grew with the process count), so the schedule is counted in those units: without it, N
+    # processes would end the linear decay, and reach a learning rate of 0, after 1/N of the steps.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total_steps) * world,
+                                                total_steps * world)
     scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
 
     step = 0

@@ -58,12 +58,17 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[dtype]
 
 
-def folded_score_head(model, positive_token_id: int, negative_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W[pos] - W[neg], b[pos] - b[neg]) of the LM head in fp32: the whole score head in one row."""
+def folded_score_head(model, positive_token_id: int, negative_token_id: int,
+                      trainable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W[pos] - W[neg], b[pos] - b[neg]) of the LM head in fp32: the whole score head in one row.
+
+    Inference takes it detached; training (`trainable`) keeps it in the graph, so the two label rows of the
+    head learn too (an untied head would otherwise stay frozen).
+    """
     head = model.get_output_embeddings()
     if head is None:
         raise ContractError("this model has no LM head, so it cannot score logit('1') - logit('0')")
-    weight = head.weight.detach()
+    weight = head.weight if trainable else head.weight.detach()
     if max(positive_token_id, negative_token_id) >= weight.shape[0]:
         raise ContractError(
             f"the label token ids ({positive_token_id}, {negative_token_id}) are outside the model's "
@@ -72,7 +77,7 @@ def folded_score_head(model, positive_token_id: int, negative_token_id: int) -> 
     row = (weight[positive_token_id].float() - weight[negative_token_id].float()).contiguous()
     bias = getattr(head, "bias", None)
     offset = (bias[positive_token_id].float() - bias[negative_token_id].float()) if bias is not None else torch.zeros(())
-    return row, offset.detach()
+    return row, offset if trainable else offset.detach()
 
 
 def last_position_scores(body, head_row: torch.Tensor, head_offset: torch.Tensor, input_ids, attention_mask,
