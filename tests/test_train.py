@@ -288,6 +288,8 @@ def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     done = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [line for line in done.stdout.splitlines() if line.startswith('{"stage"')]
+    assert len(summaries) == 1 and json.loads(summaries[0])["model"] == str(tmp_path / "two_processes")
 
     events = [json.loads(line) for line in (tmp_path / "two_processes" / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]  # one writer, not one per process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import click
 
@@ -45,7 +46,8 @@ def _run(stage: str, config_path, overrides, output, resume) -> None:
     out = train(config, output, resume=resume)
     from ..train.common import read_best
 
-    click.echo(json.dumps({"stage": stage, "model": str(out), "best": read_best(out)}))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per launched process
+        click.echo(json.dumps({"stage": stage, "model": str(out), "best": read_best(out)}))
 
 
 @click.group("train")
