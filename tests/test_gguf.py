@@ -108,14 +108,26 @@ def test_f16_matches_torch_fp32(model, request, gguf_cache):
         assert scores.dtype == np.float32 and scores.shape == (len(TINY_PAIRS),)
         assert np.ptp(expected) > 0.2  # the comparison below means something only if scores differ
         assert np.abs(scores - expected).max() < 2e-2
-        # Grouping must not change a score: one prompt per decode gives the same numbers.
+        # Grouping must not change a score: one prompt per decode gives the same numbers, up to rounding
+        # (llama.cpp picks its matmul kernel by batch size; on an AVX-512 Xeon they differed by 2.2e-3).
         alone = np.concatenate([backend.score_batch([one]) for one in ids[:4]])
-        np.testing.assert_allclose(alone, scores[:4], atol=2e-3)
+        np.testing.assert_allclose(alone, scores[:4], atol=5e-3)
     finally:
         backend.close()
         backend.close()  # twice is fine
     with pytest.raises(ProrankError, match="closed"):
         backend.score_batch(ids[:1])
+
+
+def test_models_load_without_repacked_weight_layouts():
+    """With llama.cpp's extra CPU buffer types (AMX / AVX-512 repacking), decoding a Q4_K_M file crashed the
+    process on a Xeon with AMX (the next test, and SmolLM2); the backend and the bench peer load without them."""
+    import llama_cpp
+
+    from prorank_edge.backends.gguf_backend import plain_model_params
+
+    assert plain_model_params(llama_cpp).use_extra_bufts is False
+    assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # what it would be otherwise
 
 
 @requires_torch

@@ -70,6 +70,19 @@ def llama_error_reason(lines: list[tuple[int, str]]) -> str:
     return f" ({text[:300]})" if text else ""
 
 
+def plain_model_params(llama_cpp):
+    """llama.cpp's default model parameters, without the "extra" CPU buffer types.
+
+    Those repack weights at load for AMX / AVX-512 kernels; with them llama.cpp (llama-cpp-python 0.3.36)
+    crashed with a segfault decoding Q4_K_M files on a Xeon with AMX, the tiny test models and SmolLM2 alike.
+    The plain layout scores the same numbers everywhere.
+    """
+    params = llama_cpp.llama_model_default_params()
+    if hasattr(params, "use_extra_bufts"):
+        params.use_extra_bufts = False
+    return params
+
+
 def load_gguf_model(llama_cpp, path: Path, vocab_only: bool = False, n_gpu_layers: int = 0, main_gpu: int = 0):
     """A llama_model pointer; a file llama.cpp cannot read raises ProrankError naming it (no crash)."""
     try:
@@ -79,7 +92,7 @@ def load_gguf_model(llama_cpp, path: Path, vocab_only: bool = False, n_gpu_layer
         raise ProrankError(f"{path}: cannot read the GGUF file ({exc.strerror})") from None
     if magic != GGUF_MAGIC:
         raise ProrankError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    params = llama_cpp.llama_model_default_params()
+    params = plain_model_params(llama_cpp)
     params.vocab_only = vocab_only
     params.n_gpu_layers = n_gpu_layers
     params.main_gpu = main_gpu
