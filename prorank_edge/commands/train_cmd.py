@@ -59,6 +59,7 @@ def train_group() -> None:
     stage2  listwise score learning on logit("1") - logit("0"), from stage 1's checkpoint
 
     Many GPUs: accelerate launch --config_file train/configs/accelerate_ddp.yaml -m prorank_edge.train stage2 ...
+    Several CPU processes: the same with ACCELERATE_USE_CPU=1 and --num_processes N --mixed_precision no.
     """
 
 
