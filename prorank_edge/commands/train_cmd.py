@@ -58,6 +58,7 @@ def train_group() -> None:
     stage1  GRPO prompt warm-up: answer the scoring prompt with exactly "0" or "1"
     stage2  listwise score learning on logit("1") - logit("0"), from stage 1's checkpoint
 
+    \b
     Many GPUs: accelerate launch --config_file train/configs/accelerate_ddp.yaml -m prorank_edge.train stage2 ...
     Several CPU processes: the same with ACCELERATE_USE_CPU=1 and --num_processes N --mixed_precision no.
     """
