@@ -50,6 +50,12 @@ def load_model_and_tokenizer(spec: str, max_length: int, dtype: torch.dtype = to
     return model, tokenizer, prompts
 
 
+def launched_as_rank_0() -> bool:
+    """Rank 0 of a launch (or a single process), read from the launcher's environment, so it holds before
+    accelerate is set up and after it is gone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def check_process_count(num_processes: int) -> None:
     """Refuse a launch whose processes accelerate does not join into one run.
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ProrankError
-from .common import (JsonlLog, RESUME_DIR, check_process_count, dev_ndcg, load_model_and_tokenizer, peft_config,
-                     read_best, save_checkpoint, set_seed, write_best)
+from .common import (JsonlLog, RESUME_DIR, check_process_count, dev_ndcg, launched_as_rank_0,
+                     load_model_and_tokenizer, peft_config, read_best, save_checkpoint, set_seed, write_best)
 from .config import TrainConfig
 from .data import TrainingData, balanced_pairs, load_training_data
 
@@ -214,7 +214,7 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     )
     check_process_count(grpo_args.world_size)  # before the warm-up spends any time
     lora = config.lora_for("stage1")
-    log = JsonlLog(out, enabled=_is_main_process())
+    log = JsonlLog(out, enabled=launched_as_rank_0())
     if stage.end_of_turn_warmup_steps and not resume:
         # Before GRPO wraps the model (and before LoRA), so a merged LoRA result carries it too.
         end_ids = end_of_turn_ids(tokenizer)
@@ -265,13 +265,6 @@ def _reference_is_warmed_model(model, out: Path) -> Path:
     state.wait_for_everyone()
     model.config._name_or_path = str(folder)
     return folder
-
-
-def _is_main_process() -> bool:
-    """Rank 0 (or a single process), read before accelerate is set up by the trainer."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _last_checkpoint(out: Path) -> str:

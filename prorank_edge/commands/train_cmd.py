@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 
 import click
 
@@ -44,9 +43,9 @@ def _run(stage: str, config_path, overrides, output, resume) -> None:
     else:
         from ..train.stage2_listwise import train_stage2 as train
     out = train(config, output, resume=resume)
-    from ..train.common import read_best
+    from ..train.common import launched_as_rank_0, read_best
 
-    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per launched process
+    if launched_as_rank_0():  # one summary per run, not one per launched process
         click.echo(json.dumps({"stage": stage, "model": str(out), "best": read_best(out)}))
 
 
