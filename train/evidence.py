@@ -1,7 +1,7 @@
 """Figures that show what each training stage does, computed from checkpoints (`python -m prorank_edge.train.evidence`).
 
 - label answering on held-out train-split pairs (the dev queries both stages hold out; balanced positives and
-  BM25 hard negatives): the share of greedy completions that are exactly "0" or "1" (an end-of-turn token
+  BM25 hard negatives, or random corpus negatives with --label-negatives random): the share of greedy completions that are exactly "0" or "1" (an end-of-turn token
   allowed), the share that are exactly the correct label, the same two for the first token alone (what the
   score reads), the share of first tokens that are "1", the accuracy of the score's sign, and the score's
   pairwise AUC (positives above negatives, whatever the score's offset);
@@ -28,22 +28,41 @@ from .data import from_beir
 from .stage1_grpo import end_of_turn_ids
 
 
-def label_pairs(beir_dir: str, split: str, dev_queries: int, pairs: int, seed: int):
-    """(query, document, label): positives and hard negatives of the held-out dev queries, balanced."""
+def label_pairs(beir_dir: str, split: str, dev_queries: int, pairs: int, seed: int, negatives: str = "hard"):
+    """(query, document, label): positives and negatives of the held-out dev queries, balanced.
+
+    negatives="hard": unjudged documents from BM25's top 20 (the reranking task); "random": unjudged documents
+    drawn from the whole corpus (does the model see any match between query and document at all?).
+    """
     from ..beir import load_beir
 
+    if negatives not in ("hard", "random"):
+        raise ValueError(f"negatives must be 'hard' or 'random', not {negatives!r}")
     data = load_beir(beir_dir, split)
     held_out = from_beir(data, DataConfig(dev_queries=dev_queries, dev_top_k=20, max_train_queries=0), seed).dev
     rng = random.Random(seed)
-    positives, negatives = [], []
+    all_doc_ids = list(data.corpus)
+    positive_pairs, negative_pairs = [], []
     for query in held_out:
         for candidate in query.candidates:
-            (positives if candidate.grade > 0 else negatives).append((query.query, candidate.text))
+            if candidate.grade > 0:
+                positive_pairs.append((query.query, candidate.text))
+            elif negatives == "hard":
+                negative_pairs.append((query.query, candidate.text))
         for doc_id, grade in query.qrels.items():
             if grade > 0 and doc_id not in {c.doc_id for c in query.candidates} and doc_id in data.corpus:
-                positives.append((query.query, data.corpus[doc_id].full_text))
-    half = min(pairs // 2, len(positives), len(negatives))
-    chosen = [(q, d, 1) for q, d in rng.sample(positives, half)] + [(q, d, 0) for q, d in rng.sample(negatives, half)]
+                positive_pairs.append((query.query, data.corpus[doc_id].full_text))
+        if negatives == "random":
+            # As many per query as BM25 would have offered, so both kinds weigh the queries alike.
+            drawn = 0
+            while drawn < len(query.candidates):
+                doc_id = all_doc_ids[rng.randrange(len(all_doc_ids))]
+                if doc_id not in query.qrels:
+                    negative_pairs.append((query.query, data.corpus[doc_id].full_text))
+                    drawn += 1
+    half = min(pairs // 2, len(positive_pairs), len(negative_pairs))
+    chosen = [(q, d, 1) for q, d in rng.sample(positive_pairs, half)]
+    chosen += [(q, d, 0) for q, d in rng.sample(negative_pairs, half)]
     rng.shuffle(chosen)
     return chosen
 
@@ -149,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--label-pairs", type=int, default=100)
+    parser.add_argument("--label-negatives", choices=("hard", "random"), default="hard",
+                        help="negatives of the label pairs: BM25's unjudged top 20 (hard) or the whole corpus (random)")
     parser.add_argument("--dev-queries", type=int, default=100,
                         help="train-split queries held out (same seed as training, so never trained on)")
     parser.add_argument("--seed", type=int, default=0)
@@ -170,7 +191,8 @@ def main(argv=None) -> int:
     if not args.skip_ndcg:
         report["bm25"] = test_ndcg(None, args.beir, "test", args.test_queries, args.top_k, args.max_length)
         print("bm25", report["bm25"], file=sys.stderr)
-    pairs = [] if args.skip_labels else label_pairs(args.beir, "train", args.dev_queries, args.label_pairs, args.seed)
+    pairs = [] if args.skip_labels else label_pairs(args.beir, "train", args.dev_queries, args.label_pairs, args.seed,
+                                                      args.label_negatives)
     for name, path in models:
         entry = report["models"].setdefault(name, {"path": path})
         if pairs:
