@@ -344,7 +344,9 @@ def _label_prone_copy(tiny_dir: Path, target: Path) -> Path:
 
 
 @requires_torch
-def test_stage1_grpo_runs_and_changes_the_weights(tiny_qwen2_dir, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_stage1_grpo_runs_and_changes_the_weights(tiny_qwen2_dir, tmp_path, bf16):
+    """bf16 also on a CPU without a GPU (transformers refuses bf16 there unless told it runs on the CPU)."""
     pytest.importorskip("trl")
     from prorank_edge.train.stage1_grpo import train_stage1
 
@@ -354,7 +356,7 @@ def test_stage1_grpo_runs_and_changes_the_weights(tiny_qwen2_dir, tmp_path):
         f"model={model_dir}", f"data.jsonl={data}", "data.dev_queries=2", "max_length=96",
         "stage1.max_steps=2", "stage1.prompts_per_step=2", "stage1.num_generations=4",
         "stage1.max_completion_length=1", "stage1.learning_rate=1e-3", "stage1.eval_steps=0",
-        "stage1.save_steps=100", "stage1.logging_steps=1",
+        "stage1.save_steps=100", "stage1.logging_steps=1", f"stage1.bf16={str(bf16).lower()}",
     ])
     out = train_stage1(config, tmp_path / "stage1")
     assert _changed(_weights(model_dir), _weights(out))
@@ -386,13 +388,16 @@ def test_stage1_kl_reference_is_the_warmed_up_model(tiny_qwen2_dir, tmp_path):
     ])
     out = train_stage1(config, tmp_path / "stage1")
     assert _changed(_weights(model_dir), _weights(out / WARMED_REFERENCE))  # the warm-up did change the model
+    # A whole checkpoint, so the warm-up alone can be scored (evidence.py) like any other.
+    assert {"tokenizer.json", "prorank_contract.json"} <= {p.name for p in (out / WARMED_REFERENCE).iterdir()}
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     first = next(e for e in logged if e["event"] == "train" and "kl" in e)
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)
     assert first["entropy"] > 0.1  # sampled, not certain, tokens: a KL of 0 is not a degenerate one
 
 
-def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir):
+@pytest.mark.parametrize("autocast", ["fp32", "bf16"])
+def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir, autocast):
     import torch
 
     from prorank_edge.train.common import load_model_and_tokenizer
@@ -414,7 +419,8 @@ def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir
     after_label = [ids + [label(y)] for ids, y in zip(token_ids, labels)]
     before = p_end(after_label), p_end(token_ids)
     losses = end_of_turn_warmup(model, token_ids, labels, prompts.positive_token_id, prompts.negative_token_id,
-                                end_id, steps=8, batch_size=8, learning_rate=3e-3)
+                                end_id, steps=8, batch_size=8, learning_rate=3e-3,
+                                autocast_dtype=torch.bfloat16 if autocast == "bf16" else None)
     model.eval()
     after = p_end(after_label), p_end(token_ids)
     print(f"p(end of turn) after a label {before[0]:.2e} -> {after[0]:.2e}, before it {before[1]:.2e} -> {after[1]:.2e}")

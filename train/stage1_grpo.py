@@ -55,7 +55,7 @@ def make_rewards(positive_id: int, negative_id: int, end_ids: set[int]):
 
 def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], positive_id: int, negative_id: int,
                        end_id: int, steps: int, batch_size: int, learning_rate: float, log=None,
-                       supervise_label: bool = False) -> list[float]:
+                       supervise_label: bool = False, autocast_dtype: torch.dtype | None = None) -> list[float]:
     """Teach the model to end its turn after a label: cross-entropy on the end-of-turn token (and the label).
 
     GRPO learns only from differences between a prompt's sampled completions; SmolLM2-135M follows "0"/"1"
@@ -65,7 +65,8 @@ def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], pos
     so which label to answer is left to GRPO. With `supervise_label` it also reads the label position; on
     balanced couples a few such steps mostly set the prior of "1" against "0" near even, which matters
     because GRPO's expected push on a binary answer scales with p(1 - p): from a policy that answers "0"
-    to everything it barely moves, and greedy answers stay "0" whatever it learns. Returns each step's loss.
+    to everything it barely moves, and greedy answers stay "0" whatever it learns. `autocast_dtype`
+    (bf16 when stage 1 runs in bf16) autocasts the forward pass, as GRPO's steps are. Returns each step's loss.
     """
     from ..contract import left_pad, position_ids
 
@@ -81,8 +82,9 @@ def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], pos
         tensors = [torch.from_numpy(a).to(device) for a in (ids, mask, position_ids(mask))]
         # Left padding puts every sequence's label at the last position, whose next token is end-of-turn;
         # the position before it is the scoring position, whose next token is the label.
-        logits = model(input_ids=tensors[0], attention_mask=tensors[1], position_ids=tensors[2],
-                       logits_to_keep=2).logits.float()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=tensors[0], attention_mask=tensors[1], position_ids=tensors[2],
+                           logits_to_keep=2).logits.float()
         end_target = torch.full((len(rows),), end_id, dtype=torch.long, device=device)
         loss = torch.nn.functional.cross_entropy(logits[:, -1, :], end_target)
         if supervise_label:
@@ -137,7 +139,8 @@ def _callback(config: TrainConfig, out: Path, prompts, data: TrainingData, token
         def evaluate(self, model, step: int) -> None:
             if not is_main():
                 return
-            score = dev_ndcg(model, prompts, data.dev_sample(config.data.dev_eval_queries))
+            score = dev_ndcg(model, prompts, data.dev_sample(config.data.dev_eval_queries),
+                             autocast_dtype=torch.bfloat16 if stage.bf16 else None)
             log.write("dev", step=step, ndcg_at_10=score)
             if score is None or self.best is None or score > self.best:
                 self.best = score
@@ -201,6 +204,9 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         max_grad_norm=stage.max_grad_norm,
         gradient_checkpointing=stage.gradient_checkpointing,
         bf16=stage.bf16,
+        # transformers accepts bf16 without a GPU only when told it runs on the CPU (autocast there, which is
+        # fast where the CPU has native bf16: AVX512-BF16 or AMX).
+        use_cpu=stage.bf16 and not torch.cuda.is_available(),
         logging_steps=stage.logging_steps,
         save_strategy="steps",
         save_steps=stage.save_steps,
@@ -223,9 +229,10 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         warm_ids = [prompt_ids[text] for text in rows["prompt"]]
         end_of_turn_warmup(model, warm_ids, rows["label"], prompts.positive_token_id,
                            prompts.negative_token_id, end_id, stage.end_of_turn_warmup_steps, batch,
-                           stage.end_of_turn_warmup_learning_rate, log, stage.end_of_turn_warmup_label)
+                           stage.end_of_turn_warmup_learning_rate, log, stage.end_of_turn_warmup_label,
+                           torch.bfloat16 if stage.bf16 else None)
         if stage.beta and not lora.enabled:
-            _reference_is_warmed_model(model, out)
+            _reference_is_warmed_model(model, tokenizer, prompts.contract, out)
     elif resume and stage.beta and (out / WARMED_REFERENCE).is_dir():
         model.config._name_or_path = str(out / WARMED_REFERENCE)
     format_reward, label_reward = make_rewards(prompts.positive_token_id, prompts.negative_token_id,
@@ -248,20 +255,20 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     return out
 
 
-def _reference_is_warmed_model(model, out: Path) -> Path:
+def _reference_is_warmed_model(model, tokenizer, contract, out: Path) -> Path:
     """Make GRPO's KL reference the warmed-up model, not the checkpoint it was loaded from.
 
     TRL builds the reference (beta > 0, full fine-tuning) by loading `config._name_or_path` again; that would
     be the model before the warm-up, which never answers "0"/"1", so the KL term would pull the policy away
     from the format it was just taught. (With LoRA the reference is the model with the adapter disabled,
-    which already is the warmed model.)
+    which already is the warmed model.) Saved as a whole checkpoint, so the warm-up alone can be measured too.
     """
     from accelerate import PartialState  # set up by GRPOConfig already
 
     folder = out / WARMED_REFERENCE
     state = PartialState()
     if state.is_main_process:  # every process warmed up the same model on the same data
-        model.save_pretrained(folder)
+        save_checkpoint(model, tokenizer, contract, folder)
     state.wait_for_everyone()
     model.config._name_or_path = str(folder)
     return folder
