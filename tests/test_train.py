@@ -118,6 +118,14 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(path, ["stage1.prompts_per_step=3"])
 
 
+@pytest.mark.parametrize("name", ["cpu_smollm2.yaml", "paper_qwen2.5_0.5b.yaml"])
+def test_shipped_training_configs_load(name):
+    """The README's training commands take these files as they are: every key must be one the config knows."""
+    config = load_config(Path(__file__).parents[1] / "train" / "configs" / name)
+    assert config.stage1.prompts_per_step % 2 == 0 and config.stage1.output_dir != config.stage2.output_dir
+    assert config.stage2.mixed_precision in ("no", "bf16", "fp16")
+
+
 # ---- the listwise loss -----------------------------------------------------------------------------
 
 @requires_torch
