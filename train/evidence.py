@@ -1,10 +1,11 @@
 """Figures that show what each training stage does, computed from checkpoints (`python -m prorank_edge.train.evidence`).
 
 - label answering on held-out train-split pairs (the dev queries both stages hold out; balanced positives and
-  BM25 hard negatives, or random corpus negatives with --label-negatives random): the share of greedy completions that are exactly "0" or "1" (an end-of-turn token
-  allowed), the share that are exactly the correct label, the same two for the first token alone (what the
-  score reads), the share of first tokens that are "1", the accuracy of the score's sign, and the score's
-  pairwise AUC (positives above negatives, whatever the score's offset);
+  BM25 hard negatives, or random corpus negatives with --label-negatives random): the share of greedy
+  completions that are exactly "0" or "1" (an end-of-turn token allowed), the share that are exactly the
+  correct label, the same two for the first token alone (what the score reads), the share of first tokens
+  that are "1", the accuracy of the score's sign, and the score's pairwise AUC (positives above negatives,
+  whatever the score's offset);
 - nDCG@10 of BM25 and of each checkpoint reranking BM25's top k on the first queries of the test split.
 
 Every model is scored on the same pairs and queries, at the same max_length.

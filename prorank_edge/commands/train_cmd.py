@@ -54,7 +54,7 @@ def train_group() -> None:
     """The two ProRank training stages; each saves a plain checkpoint that `--model PATH` loads.
 
     \b
-    stage1  GRPO prompt warm-up: answer the scoring prompt with exactly "0" or "1"
+    stage1  prompt warm-up: a supervised cold start, then GRPO; answer exactly "0" or "1"
     stage2  listwise score learning on logit("1") - logit("0"), from stage 1's checkpoint
 
     \b
@@ -66,7 +66,7 @@ def train_group() -> None:
 @train_group.command("stage1")
 @_stage_options
 def stage1_command(config_path, overrides, output, resume) -> None:
-    """GRPO prompt warm-up (TRL), rewards for the answer's format and its label."""
+    """Prompt warm-up: supervised cold-start steps (end_of_turn_warmup_*), then GRPO (TRL), format and label rewards."""
     _run("stage1", config_path, overrides, output, resume)
 
 
