@@ -30,10 +30,24 @@ from .stage1_grpo import end_of_turn_ids
 
 
 def label_pairs(beir_dir: str, split: str, dev_queries: int, pairs: int, seed: int, negatives: str = "hard"):
-    """(query, document, label): positives and negatives of the held-out dev queries, balanced.
+    """(query, document, label): positives and negatives of the held-out dev queries, balanced and shuffled."""
+    rng = random.Random(seed)
+    positive_pairs, negative_pairs = label_pools(beir_dir, split, dev_queries, seed, negatives, rng)
+    half = min(pairs // 2, len(positive_pairs), len(negative_pairs))
+    chosen = [(q, d, 1) for q, d in rng.sample(positive_pairs, half)]
+    chosen += [(q, d, 0) for q, d in rng.sample(negative_pairs, half)]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def label_pools(beir_dir: str, split: str, dev_queries: int, seed: int, negatives: str = "hard",
+                rng: random.Random | None = None):
+    """Every (query, document) positive and negative of the held-out dev queries that label_pairs samples from.
 
     negatives="hard": unjudged documents from BM25's top 20 (the reranking task); "random": unjudged documents
-    drawn from the whole corpus (does the model see any match between query and document at all?).
+    drawn from the whole corpus (does the model see any match between query and document at all?). A judged
+    document is never a negative, whatever its grade: a 0 grade may still be on topic. `rng` draws the random
+    negatives (label_pairs passes the one it samples with, so a seed gives the same pairs as ever).
     """
     from ..beir import load_beir
 
@@ -41,14 +55,14 @@ def label_pairs(beir_dir: str, split: str, dev_queries: int, pairs: int, seed: i
         raise ValueError(f"negatives must be 'hard' or 'random', not {negatives!r}")
     data = load_beir(beir_dir, split)
     held_out = from_beir(data, DataConfig(dev_queries=dev_queries, dev_top_k=20, max_train_queries=0), seed).dev
-    rng = random.Random(seed)
+    rng = rng or random.Random(seed)
     all_doc_ids = list(data.corpus)
     positive_pairs, negative_pairs = [], []
     for query in held_out:
         for candidate in query.candidates:
             if candidate.grade > 0:
                 positive_pairs.append((query.query, candidate.text))
-            elif negatives == "hard":
+            elif negatives == "hard" and candidate.doc_id not in query.qrels:
                 negative_pairs.append((query.query, candidate.text))
         for doc_id, grade in query.qrels.items():
             if grade > 0 and doc_id not in {c.doc_id for c in query.candidates} and doc_id in data.corpus:
@@ -61,11 +75,7 @@ def label_pairs(beir_dir: str, split: str, dev_queries: int, pairs: int, seed: i
                 if doc_id not in query.qrels:
                     negative_pairs.append((query.query, data.corpus[doc_id].full_text))
                     drawn += 1
-    half = min(pairs // 2, len(positive_pairs), len(negative_pairs))
-    chosen = [(q, d, 1) for q, d in rng.sample(positive_pairs, half)]
-    chosen += [(q, d, 0) for q, d in rng.sample(negative_pairs, half)]
-    rng.shuffle(chosen)
-    return chosen
+    return positive_pairs, negative_pairs
 
 
 def pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
