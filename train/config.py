@@ -69,7 +69,8 @@ class Stage1Config:
     #: almost never ends its turn after a label (SmolLM2-135M: p ~ 1e-4) never earns the format reward.
     end_of_turn_warmup_steps: int = 0
     end_of_turn_warmup_learning_rate: float = 1e-4
-    #: the warm-up's loss also reads the (balanced) label token: sets the "1"/"0" prior near even before GRPO
+    #: the warm-up's loss also reads the (balanced) label token: a few steps set the "1"/"0" prior near even,
+    #: a pass over the couples teaches the label (the supervised cold start of the CPU config)
     end_of_turn_warmup_label: bool = False
     beta: float = 0.0
     loss_type: str = "dapo"

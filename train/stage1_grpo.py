@@ -62,10 +62,11 @@ def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], pos
     with "." and ends its turn with p ~ 1e-4, so no sample earns the format reward and nothing is learned
     (DeepSeek-R1's "cold start" runs a little supervised data before RL for the same reason). Each example is
     the prompt, its correct label, then end-of-turn. By default the loss reads only the end-of-turn position,
-    so which label to answer is left to GRPO. With `supervise_label` it also reads the label position; on
-    balanced couples a few such steps mostly set the prior of "1" against "0" near even, which matters
-    because GRPO's expected push on a binary answer scales with p(1 - p): from a policy that answers "0"
-    to everything it barely moves, and greedy answers stay "0" whatever it learns. `autocast_dtype`
+    so which label to answer is left to GRPO. With `supervise_label` it also reads the label position, on
+    balanced couples. A few such steps mostly set the prior of "1" against "0" near even, which matters
+    because GRPO's expected push on a binary answer scales with p(1 - p) (from a policy that answers "0" to
+    everything it barely moves); a pass over the couples (100 steps for SmolLM2-135M) teaches the label
+    itself, which GRPO alone never did (README, "Evidence on a CPU"). `autocast_dtype`
     (bf16 when stage 1 runs in bf16) autocasts the forward pass, as GRPO's steps are. Returns each step's loss.
     """
     from ..contract import left_pad, position_ids
