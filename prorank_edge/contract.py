@@ -8,9 +8,10 @@ tokenized on its own, without special tokens, and the ids are joined:
 
     prefix  [instruction: {instruction} SEP] query: {query}  SEP  document: {document}  SEP  task_prompt  suffix
 
-`max_length` is the whole prompt, template included. The query piece gets at most 3/4 of what the template
-leaves; the document gets the rest and is the only piece cut, so the task prompt and the assistant suffix
-always reach the model. Score = logit(positive label) - logit(negative label) at the last position.
+`max_length` is the whole prompt, template included. The content is the query piece, the separator after it
+and the document piece (mxbai-rerank's `max_length`); the query piece gets at most 3/4 of it, the document the
+rest, and only these two are cut, so the task prompt and the assistant suffix always reach the model.
+Score = logit(positive label) - logit(negative label) at the last position.
 """
 
 from __future__ import annotations
@@ -168,13 +169,16 @@ class PromptBuilder:
         self.template_length = (
             len(self.prefix_ids) + 2 * len(self.separator_ids) + len(self.task_ids) + len(self.suffix_ids)
         )
-        self.content_budget = contract.max_length - self.template_length
-        if self.content_budget < MIN_CONTENT_TOKENS:
+        if contract.max_length - self.template_length < MIN_CONTENT_TOKENS:
             raise ContractError(
                 f"max_length {contract.max_length} is too small: the prompt template alone takes "
                 f"{self.template_length} tokens; use at least {self.template_length + MIN_CONTENT_TOKENS}"
             )
-        self.query_budget = self.content_budget * 3 // 4
+        # The content counts the separator after the query, as mxbai-rerank's max_length does: its 3/4 query
+        # cap is taken of that span, and without the separator a long query would keep a token fewer.
+        self.content_budget = contract.max_length - self.template_length + len(self.separator_ids)
+        # min(): a long custom separator must not leave the document a negative budget.
+        self.query_budget = min(self.content_budget * 3 // 4, self.content_budget - len(self.separator_ids))
 
     @property
     def max_length(self) -> int:
@@ -230,7 +234,7 @@ class PromptBuilder:
         return [self._assemble(query_ids, ids) for ids in self._encode_documents(documents)]
 
     def _assemble(self, query_ids: list[int], document_ids: list[int]) -> list[int]:
-        document_budget = self.content_budget - len(query_ids)
+        document_budget = self.content_budget - len(query_ids) - len(self.separator_ids)
         return (
             self.prefix_ids
             + query_ids

@@ -30,10 +30,11 @@ def reference_ids(tok, query, document, instruction=None, max_length=512):
     """The released models' construction, written out independently: pieces tokenized one by one."""
     enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
     prefix, sep, task, suffix = enc(PRORANK_PREFIX), enc("\n"), enc(PRORANK_TASK_PROMPT), enc(PRORANK_SUFFIX)
-    budget = max_length - len(prefix) - 2 * len(sep) - len(task) - len(suffix)
+    # mxbai-rerank's content: query, the separator after it, document (tests/test_mxbai_parity.py runs its code)
+    content = max_length - len(prefix) - len(sep) - len(task) - len(suffix)
     query_text = f"query: {query}" if instruction is None else f"instruction: {instruction}\nquery: {query}"
-    q = enc(query_text)[: budget * 3 // 4]
-    d = enc(f"document: {document}")[: budget - len(q)]
+    q = enc(query_text)[: content * 3 // 4]
+    d = enc(f"document: {document}")[: content - len(q) - len(sep)]
     return prefix + q + sep + d + sep + task + suffix
 
 
@@ -47,10 +48,12 @@ def test_prompt_text_matches_released_template(qwen_tokenizer):
 def test_ids_equal_reference_construction(qwen_tokenizer):
     builder = PromptBuilder(qwen_tokenizer)
     docs = ["short doc", "Ünïcødé text — with dashes", "x " * 2000]
-    for instruction in (None, "Find scientific evidence"):
-        built = builder.build("does aspirin prevent heart attacks?", docs, instruction)
-        for doc, ids in zip(docs, built):
-            assert ids == reference_ids(qwen_tokenizer, "does aspirin prevent heart attacks?", doc, instruction)
+    # the long query is cut at its 3/4 cap, where the separator's place in the content decides a token
+    for query in ("does aspirin prevent heart attacks?", "aspirin and heart attacks " * 120):
+        for instruction in (None, "Find scientific evidence"):
+            built = builder.build(query, docs, instruction)
+            for doc, ids in zip(docs, built):
+                assert ids == reference_ids(qwen_tokenizer, query, doc, instruction)
     assert builder.positive_token_id == qwen_tokenizer.token_to_id("1")
     assert builder.negative_token_id == qwen_tokenizer.token_to_id("0")
 
