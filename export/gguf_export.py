@@ -20,23 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import PromptBuilder, ScoringContract
+from ..devices import usable_cores
 from ..errors import MissingExtraError, ProrankError
+from ..formats import GGUF_ARCHITECTURES, GGUF_CONTRACT_KEY, GGUF_FTYPES, GGUF_HEAD_TYPES, GGUF_TOKENIZER_JSON_KEY
+from ..staging import staged
 from .parity import builtin_pairs
 from .smoothing import DEFAULT_ALPHAS, calibration_maxima, smooth_tensor, smoothing_scales
-
-CONTRACT_KEY = "prorank.contract"
-TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
-
-# quant name -> llama.cpp file type name (llama_cpp.LLAMA_FTYPE_*); f16 is written directly.
-QUANTS = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-# quant name -> ggml type (llama_cpp.GGML_TYPE_*) of the LM head, which is the token embedding when the two are
-# tied. The score is the difference of two head rows dotted with the last hidden state, and llama.cpp also
-# quantizes that hidden state to the weights' block type, so a head quantized like the body puts an error
-# proportional to the logits (tens) on a score whose spread within a query is a fraction of one. Keeping the
-# head one step finer costs ~26 MB on SmolLM2 and measurably restores rank agreement (README, export parity).
-HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0"}
-# transformers architecture -> gguf.MODEL_ARCH member name
-ARCHITECTURES = {"Qwen2ForCausalLM": "QWEN2", "LlamaForCausalLM": "LLAMA"}
 
 # Probe text for checking llama.cpp's own tokenizer against the HF one (digits, contractions, newlines,
 # punctuation and a chat marker are where pre-tokenizers differ).
@@ -54,8 +43,8 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
     quantized levels, none for f16; 0 turns it off.
     The file is written under a temporary name beside `output_path` and renamed only when complete.
     """
-    if quant not in QUANTS:
-        raise ProrankError(f"unknown GGUF quantization {quant!r}; choose one of: {', '.join(QUANTS)}")
+    if quant not in GGUF_FTYPES:
+        raise ProrankError(f"unknown GGUF quantization {quant!r}; choose one of: {', '.join(GGUF_FTYPES)}")
     model_dir, output_path = Path(model_dir), Path(output_path)
     if not (model_dir / "config.json").is_file():
         raise ProrankError(f"{model_dir}: not a transformers checkpoint (no config.json)")
@@ -87,10 +76,8 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         maxima, weight_maxima = calibration_maxima(model_dir, builtin_pairs(), prompts.contract.max_length)
         scales = smoothing_scales(maxima, weight_maxima, config, smoothing_alpha)
 
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
-    f16_path = partial.with_suffix(".f16.partial") if quant != "f16" else partial
-    try:
+    with staged(output_path) as partial:
+        f16_path = partial.with_name(partial.name + ".f16") if quant != "f16" else partial
         pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path, scales)
         fallback = None
         if quant != "f16":
@@ -98,9 +85,6 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
             f16_path.unlink()
         tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
         os.replace(partial, output_path)
-    finally:
-        for leftover in {partial, f16_path}:
-            leftover.unlink(missing_ok=True)
 
     return {
         "path": str(output_path),
@@ -110,7 +94,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         "pre_tokenizer": pre,
         "llama_tokenizer_matches_hf": tokenizer_check,
         "quant_fallback": fallback,
-        "head_type": HEAD_TYPES.get(quant, "GGML_TYPE_F16").removeprefix("GGML_TYPE_").lower(),
+        "head_type": GGUF_HEAD_TYPES.get(quant, "GGML_TYPE_F16").removeprefix("GGML_TYPE_").lower(),
         "smoothing_alpha": smoothing_alpha,
         "contract": prompts.contract.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
@@ -126,11 +110,12 @@ def _has_llama_cpp() -> bool:
 
 def _architecture(config: dict, model_dir: Path) -> str:
     names = config.get("architectures") or [config.get("model_type", "unknown")]
-    if names[0] not in ARCHITECTURES:
+    if names[0] not in GGUF_ARCHITECTURES:
         raise ProrankError(
-            f"{model_dir}: architecture {names[0]} cannot be exported to GGUF; supported: {', '.join(ARCHITECTURES)}"
+            f"{model_dir}: architecture {names[0]} cannot be exported to GGUF; supported: "
+            f"{', '.join(GGUF_ARCHITECTURES)}"
         )
-    return ARCHITECTURES[names[0]]
+    return GGUF_ARCHITECTURES[names[0]]
 
 
 def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, contract: ScoringContract,
@@ -167,8 +152,8 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
 
     vocab_size = int(config["vocab_size"])
     pre = _add_tokenizer(writer, gguf, model_dir, json.loads(tokenizer_text), vocab_size)
-    writer.add_string(CONTRACT_KEY, contract.to_json())
-    writer.add_string(TOKENIZER_JSON_KEY, tokenizer_text)
+    writer.add_string(GGUF_CONTRACT_KEY, contract.to_json())
+    writer.add_string(GGUF_TOKENIZER_JSON_KEY, tokenizer_text)
 
     names = gguf.get_tensor_name_map(model_arch, n_layers)
     tied = bool(config.get("tie_word_embeddings", False))
@@ -277,8 +262,9 @@ def _add_tokenizer(writer, gguf, model_dir: Path, tokenizer: dict, vocab_size: i
     return pre
 
 
-_QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# The pre-tokenizer regexes verbatim (llama.cpp recognises them by exact text), hence the long lines.
+_QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501
+_LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501
 
 
 def _pre_tokenizer_name(pre_tokenizer: dict | None, model_dir: Path) -> str:
@@ -308,7 +294,7 @@ def _pre_tokenizer_name(pre_tokenizer: dict | None, model_dir: Path) -> str:
 
 def _llama_cpp():
     try:
-        from ..backends.gguf_backend import import_llama_cpp
+        from ..backends.llama_runtime import import_llama_cpp
 
         return import_llama_cpp()
     except ImportError:
@@ -317,14 +303,14 @@ def _llama_cpp():
 
 def _quantize(source: Path, target: Path, quant: str) -> str | None:
     """Quantize with llama.cpp; returns its note on tensors whose rows do not fit the K-quant block size."""
-    from ..backends.gguf_backend import captured_llama_log, llama_error_reason, usable_cores
+    from ..backends.llama_runtime import captured_llama_log, llama_error_reason
 
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANTS[quant])
+    params.ftype = getattr(llama_cpp, GGUF_FTYPES[quant])
     params.nthread = usable_cores()
     # With tied embeddings llama.cpp applies output_tensor_type to token_embd (checked with 0.3.36).
-    params.output_tensor_type = getattr(llama_cpp, HEAD_TYPES[quant])
+    params.output_tensor_type = getattr(llama_cpp, GGUF_HEAD_TYPES[quant])
     with captured_llama_log(llama_cpp) as log:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
     if status != 0 or not target.is_file():
@@ -338,13 +324,12 @@ def _quantize(source: Path, target: Path, quant: str) -> str | None:
 def _check_with_llama_cpp(path: Path, tokenizer) -> bool:
     """Load the written file's vocabulary with llama.cpp: the prorank keys must have survived quantization,
     and the result says whether llama.cpp's own tokenizer agrees with tokenizer.json on a probe text."""
-    from ..backends.gguf_backend import LlamaVocabTokenizer, captured_llama_log, gguf_metadata_string, \
-        load_gguf_model
+    from ..backends.llama_runtime import LlamaVocabTokenizer, captured_llama_log, gguf_metadata_string, load_gguf_model
 
     llama_cpp = _llama_cpp()
     model = load_gguf_model(llama_cpp, path, vocab_only=True)
     try:
-        missing = [key for key in (CONTRACT_KEY, TOKENIZER_JSON_KEY)
+        missing = [key for key in (GGUF_CONTRACT_KEY, GGUF_TOKENIZER_JSON_KEY)
                    if gguf_metadata_string(llama_cpp, model, key) is None]
         if missing:
             raise ProrankError(f"{path}: llama.cpp does not see the metadata {', '.join(missing)}")

@@ -25,19 +25,20 @@ from pathlib import Path
 from .. import __version__
 from ..contract import PromptBuilder, ScoringContract
 from ..errors import ContractError, ProrankError
+from ..formats import (
+    ONNX_BLOCK_SIZE,
+    ONNX_EXPORT_INFO_FILENAME,
+    ONNX_EXTERNAL_DATA_FILENAME,
+    ONNX_INPUT_NAMES,
+    ONNX_MODEL_FILENAME,
+    ONNX_OUTPUT_NAME,
+    QUANTS,
+    TOKENIZER_FILENAME,
+)
+from ..staging import staged
 
-QUANTS = ("fp32", "fp16", "int8", "int4")
 # The highest opset torch's TorchScript exporter writes.
 DEFAULT_OPSET = 20
-MODEL_FILENAME = "model.onnx"
-EXTERNAL_DATA_FILENAME = "model.onnx.data"
-TOKENIZER_FILENAME = "tokenizer.json"
-EXPORT_INFO_FILENAME = "export_info.json"
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "score"
-# Weights per quantization scale (int8 and int4): the GGUF block size, and the grid of checkpoints that
-# come from GGUF Q4_0/Q4_1 files, which a block of 128 would not reproduce.
-BLOCK_SIZE = 32
 # protobuf cannot serialize a message over 2 GiB; leave room for the graph itself.
 _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 
@@ -67,12 +68,12 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
     graph = score_graph(model, prompts.positive_token_id, prompts.negative_token_id)
 
     with _staging_folder(output_dir, overwrite) as staging:
-        fp32_path = staging / "fp32" / MODEL_FILENAME
+        fp32_path = staging / "fp32" / ONNX_MODEL_FILENAME
         fp32_path.parent.mkdir()
         sample = _sample_inputs(prompts)
         with torch.inference_mode():
             _trace_to_onnx(graph, fp32_path, opset, sample)
-            expected = graph(*(torch.from_numpy(sample[name]) for name in INPUT_NAMES)).numpy()
+            expected = graph(*(torch.from_numpy(sample[name]) for name in ONNX_INPUT_NAMES)).numpy()
         _consolidate_external_data(fp32_path)
         fp32_bytes = _onnx_bytes(fp32_path)
         model_path = _write_model(fp32_path, staging, quant)
@@ -89,8 +90,8 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
             "parameters": sum(p.numel() for p in model.parameters()),
             "quant": quant,
             "opset": opset,
-            "inputs": list(INPUT_NAMES),
-            "output": OUTPUT_NAME,
+            "inputs": list(ONNX_INPUT_NAMES),
+            "output": ONNX_OUTPUT_NAME,
             "positive_token_id": prompts.positive_token_id,
             "negative_token_id": prompts.negative_token_id,
             "max_length": prompts.max_length,
@@ -114,10 +115,11 @@ def quantize_onnx(artifact_dir: str | Path, output_dir: str | Path, quant: str, 
     """
     _check_quant(quant)
     artifact_dir, output_dir = Path(artifact_dir), Path(output_dir)
-    source_model = artifact_dir / MODEL_FILENAME
-    info_path = artifact_dir / EXPORT_INFO_FILENAME
+    source_model = artifact_dir / ONNX_MODEL_FILENAME
+    info_path = artifact_dir / ONNX_EXPORT_INFO_FILENAME
     if not source_model.is_file() or not info_path.is_file():
-        raise ProrankError(f"{artifact_dir}: not an ONNX artifact made by export_onnx (no model.onnx or export_info.json)")
+        raise ProrankError(f"{artifact_dir}: not an ONNX artifact made by export_onnx (no {ONNX_MODEL_FILENAME} or "
+                           f"{ONNX_EXPORT_INFO_FILENAME})")
     source_info = json.loads(info_path.read_text(encoding="utf-8"))
     if source_info.get("quant") != "fp32":
         raise ProrankError(f"{artifact_dir}: quantize from an fp32 artifact, not a {source_info.get('quant')} one")
@@ -142,8 +144,8 @@ def quantize_onnx(artifact_dir: str | Path, output_dir: str | Path, quant: str, 
 
 
 def _check_quant(quant: str) -> None:
-    if quant not in QUANTS:
-        raise ProrankError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANTS)}")
+    if quant not in QUANTS["onnx"]:
+        raise ProrankError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANTS['onnx'])}")
 
 
 def _refuse_existing(output_dir: Path, overwrite: bool) -> None:
@@ -153,12 +155,12 @@ def _refuse_existing(output_dir: Path, overwrite: bool) -> None:
 
 def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False) -> Path:
     """staging/model.onnx in the asked-for precision, made from the fp32 graph at `fp32_path`."""
-    target = staging / MODEL_FILENAME
+    target = staging / ONNX_MODEL_FILENAME
     if quant == "fp32":
         transfer = shutil.copyfile if copy else os.replace
         transfer(fp32_path, target)
-        if (fp32_path.parent / EXTERNAL_DATA_FILENAME).is_file():
-            transfer(fp32_path.parent / EXTERNAL_DATA_FILENAME, staging / EXTERNAL_DATA_FILENAME)
+        if (fp32_path.parent / ONNX_EXTERNAL_DATA_FILENAME).is_file():
+            transfer(fp32_path.parent / ONNX_EXTERNAL_DATA_FILENAME, staging / ONNX_EXTERNAL_DATA_FILENAME)
     elif quant == "int8":
         _quantize_int8(fp32_path, target)
     elif quant == "int4":
@@ -170,9 +172,9 @@ def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False)
 
 def _write_export_info(staging: Path, info: dict) -> None:
     info["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
-    path = staging / EXPORT_INFO_FILENAME
+    path = staging / ONNX_EXPORT_INFO_FILENAME
     path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    info["files"][EXPORT_INFO_FILENAME] = path.stat().st_size
+    info["files"][ONNX_EXPORT_INFO_FILENAME] = path.stat().st_size
 
 
 # ---- the scoring graph ----------------------------------------------------------------------------------
@@ -231,7 +233,8 @@ def _load_tokenizer(model_dir: Path):
     except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
         raise ProrankError(f"{model_dir}: cannot load the tokenizer ({exc})") from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise ContractError(f"{model_dir}: a fast (Rust `tokenizers`) tokenizer is needed; this model only has a slow one")
+        raise ContractError(f"{model_dir}: a fast (Rust `tokenizers`) tokenizer is needed; this model only has a "
+                            "slow one")
     return tokenizer
 
 
@@ -262,16 +265,16 @@ def _sample_inputs(prompts: PromptBuilder) -> dict:
 def _trace_to_onnx(graph, path: Path, opset: int, sample: dict) -> None:
     import torch
 
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    axes[OUTPUT_NAME] = {0: "batch"}
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUT_NAMES}
+    axes[ONNX_OUTPUT_NAME] = {0: "batch"}
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation notices are noise.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                graph, tuple(torch.from_numpy(sample[name]) for name in INPUT_NAMES), str(path),
-                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset,
-                do_constant_folding=True,
+                graph, tuple(torch.from_numpy(sample[name]) for name in ONNX_INPUT_NAMES), str(path),
+                input_names=list(ONNX_INPUT_NAMES), output_names=[ONNX_OUTPUT_NAME], dynamic_axes=axes,
+                opset_version=opset, do_constant_folding=True,
                 # onnxruntime's quantizers fail on graphs from the dynamo exporter.
                 dynamo=False,
             )
@@ -290,7 +293,7 @@ def _quantize_int8(source: Path, target: Path) -> None:
     """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(_load_onnx(source), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(_load_onnx(source), bits=8, block_size=ONNX_BLOCK_SIZE, is_symmetric=True,
                                      op_types_to_quantize=("MatMul",))
     quantizer.process()
     _save_onnx(quantizer.model.model, target)
@@ -311,14 +314,14 @@ def _quantize_int4(source: Path, target: Path) -> None:
     # this graph uses), so older graphs go through the real converter first.
     if _default_opset(model) < 20:
         model = version_converter.convert_version(model, 21)
-    matmuls = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=BLOCK_SIZE, bits=4))
+    matmuls = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=ONNX_BLOCK_SIZE, bits=4))
     matmuls.node_quantizer = _min_max_block_quantizer(matmuls.algo_config)
     with warnings.catch_warnings():
         # It wraps read-only weight arrays in torch tensors that it only reads.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         matmuls.process()
     # GatherBlockQuantized takes integer zero points only; asymmetric still beats symmetric here.
-    embedding = MatMulNBitsQuantizer(matmuls.model.model, bits=4, block_size=BLOCK_SIZE, is_symmetric=False,
+    embedding = MatMulNBitsQuantizer(matmuls.model.model, bits=4, block_size=ONNX_BLOCK_SIZE, is_symmetric=False,
                                      op_types_to_quantize=("Gather",))
     embedding.process()
     _save_onnx(embedding.model.model, target)
@@ -360,7 +363,7 @@ def _score_head_nodes(model) -> list[str]:
     """The folded head's nodes (Add <- ReduceSum <- Mul, walking back from the score output)."""
     producers = {out: node for node in model.graph.node for out in node.output}
     constants = {init.name for init in model.graph.initializer}
-    names, tensor = [], OUTPUT_NAME
+    names, tensor = [], ONNX_OUTPUT_NAME
     for op_type in ("Add", "ReduceSum", "Mul"):
         node = producers.get(tensor)
         if node is None or node.op_type != op_type:
@@ -386,7 +389,7 @@ def _save_onnx(model, path: Path) -> None:
 
     large = model.ByteSize() > _PROTOBUF_LIMIT
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=EXTERNAL_DATA_FILENAME)
+                    location=ONNX_EXTERNAL_DATA_FILENAME)
 
 
 def _consolidate_external_data(path: Path) -> None:
@@ -403,7 +406,7 @@ def _consolidate_external_data(path: Path) -> None:
 
 def _onnx_bytes(path: Path) -> int:
     """The model file plus its external data file, if any."""
-    data = path.parent / EXTERNAL_DATA_FILENAME
+    data = path.parent / ONNX_EXTERNAL_DATA_FILENAME
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
@@ -435,7 +438,7 @@ def _check_graph_scores(path: Path, sample: dict, expected) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        (scores,) = session.run([OUTPUT_NAME], sample)
+        (scores,) = session.run([ONNX_OUTPUT_NAME], sample)
     except Exception as exc:  # onnxruntime's own exception types
         raise ProrankError(f"{path.name}: the exported graph does not run in onnxruntime ({exc})") from None
     if scores.shape != (len(sample["input_ids"]),) or not np.all(np.isfinite(scores)):
@@ -446,14 +449,10 @@ def _check_graph_scores(path: Path, sample: dict, expected) -> None:
 
 @contextlib.contextmanager
 def _staging_folder(output_dir: Path, overwrite: bool):
-    """A temporary sibling of output_dir, renamed to it when the block completes and removed in any case."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
+    """A staging sibling of output_dir, renamed to it when the block completes and removed in any case."""
+    with staged(output_dir, folder=True) as staging:
         yield staging
         _publish(staging, output_dir, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _publish(staging: Path, output_dir: Path, overwrite: bool) -> None:

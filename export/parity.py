@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -88,3 +88,32 @@ def groups_by_query(pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
     for i, (query, _) in enumerate(pairs):
         groups.setdefault(query, []).append(i)
     return list(groups.values())
+
+
+def check_parity(model_dir, artifact, pairs=None, device: str = "cpu") -> dict:
+    """Score the same pairs with the torch fp32 reference and with the artifact; summarize the drift."""
+    from ..reranker import Reranker
+
+    pairs = pairs or builtin_pairs()
+    with Reranker(str(model_dir), backend="torch", dtype="float32", device=device) as reference:
+        expected = reference.predict(pairs)
+    with Reranker(str(artifact), device=device) as candidate:
+        got = candidate.predict(pairs)
+    return parity_summary(expected, got, groups_by_query(pairs))
+
+
+def check_beir(model_dir, artifact, data: str, split: str, queries: int, top_k: int) -> dict:
+    """nDCG@10 of the reference and of the artifact on the same BM25 candidates of a BEIR sample."""
+    from ..evaluation.beir import load_beir, resolve_beir
+    from ..evaluation.evaluate import evaluate_reranker
+    from ..reranker import Reranker
+
+    beir = load_beir(resolve_beir(data), split)
+    out = {}
+    for name, path, options in (("torch_fp32", model_dir, {"backend": "torch", "dtype": "float32"}),
+                                ("artifact", artifact, {})):
+        with Reranker(str(path), **options) as reranker:
+            report = evaluate_reranker(beir, reranker, top_k=top_k, max_queries=queries)
+        out[name] = report.to_dict()["metrics"]["reranker"]
+    out["bm25"] = report.to_dict()["metrics"]["bm25"]
+    return out

@@ -20,8 +20,8 @@ In exact arithmetic the model is unchanged; `smooth_tensor` applies the scales w
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

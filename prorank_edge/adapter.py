@@ -18,14 +18,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .contract import CONTRACT_FILENAME
 from .errors import ProrankError
+from .formats import ADAPTER_INFO_FILENAME, ADAPTER_WEIGHTS_FILENAME, CONTRACT_FILENAME
 
 if TYPE_CHECKING:
     import numpy as np
 
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_INFO = "adapter.json"
 _A, _B, _FULL = ".lora_a", ".lora_b", ".delta"
 
 
@@ -68,11 +66,11 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
             tensors[name + _FULL] = delta.half().contiguous()
             errors[name] = 0.0
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(output_dir / ADAPTER_WEIGHTS))
+    save_file(tensors, str(output_dir / ADAPTER_WEIGHTS_FILENAME))
     shutil.copyfile(trained_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
     info = {"base": base_name or str(base_dir), "rank": rank, "tensors": len(errors),
-            "relative_error": errors, "bytes": (output_dir / ADAPTER_WEIGHTS).stat().st_size}
-    (output_dir / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            "relative_error": errors, "bytes": (output_dir / ADAPTER_WEIGHTS_FILENAME).stat().st_size}
+    (output_dir / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
 
@@ -83,9 +81,9 @@ def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
-        raise ProrankError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}")
-    stored = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
+        raise ProrankError(f"{adapter_dir}: no {ADAPTER_WEIGHTS_FILENAME}")
+    stored = load_file(str(adapter_dir / ADAPTER_WEIGHTS_FILENAME))
     deltas = {}
     for key, value in stored.items():
         if key.endswith(_FULL):

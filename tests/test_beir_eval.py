@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from prorank_edge import beir
-from prorank_edge.beir import load_beir, resolve_beir
-from prorank_edge.bm25 import BM25Retriever
 from prorank_edge.commands.eval_cmd import eval_command
 from prorank_edge.errors import InputError, ProrankError
-from prorank_edge.evaluate import evaluate_reranker
-from prorank_edge.metrics import evaluate_run, write_trec_run
+from prorank_edge.evaluation import beir
+from prorank_edge.evaluation.beir import load_beir, resolve_beir
+from prorank_edge.evaluation.bm25 import BM25Retriever
+from prorank_edge.evaluation.evaluate import evaluate_reranker
+from prorank_edge.evaluation.metrics import evaluate_run, write_trec_run
 
 TINY_CORPUS = [
     ("d1", "Coffee and sleep", "Caffeine in coffee delays sleep onset and shortens deep sleep."),
@@ -83,7 +83,8 @@ def test_load_beir_tiny_folder(tiny_beir):
     assert data.qrels == {"q3": {"d5": 2, "d9": 1}, "q1": {"d1": 1, "d6": 0}, "q2": {"d2": 1, "d7": 1}}
     assert len(data.corpus) == 10
     assert data.corpus["d4"].full_text == "Deep sea fish produce light through bioluminescence."
-    assert data.corpus["d1"].full_text == "Coffee and sleep Caffeine in coffee delays sleep onset and shortens deep sleep."
+    assert data.corpus["d1"].full_text == ("Coffee and sleep Caffeine in coffee delays sleep onset and shortens deep "
+                                           "sleep.")
     assert list(load_beir(tiny_beir, "dev").queries) == ["q9"]
 
 
@@ -215,7 +216,8 @@ def test_evaluate_reranker_with_tiny_model(tiny_beir, tiny_qwen2_dir, tmp_path):
     for qid in data.queries:  # every query reranked, over exactly its BM25 candidates
         cands = report.candidates[qid]
         assert len(cands) == 5 and all(c.rerank_score is not None for c in cands)
-        assert sorted(report.runs["reranker"][qid]) == sorted(report.runs["bm25"][qid]) == sorted(c.doc_id for c in cands)
+        ranked = sorted(c.doc_id for c in cands)
+        assert sorted(report.runs["reranker"][qid]) == sorted(report.runs["bm25"][qid]) == ranked
     # each score went to the candidate it belongs to
     assert [c.rerank_score for c in q1_cands] == pytest.approx(list(map(float, expected)), abs=1e-4)
     # recall only depends on the candidate set, which reranking does not change

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import has_module, requires_torch
 
 pytestmark = requires_torch
@@ -47,7 +46,7 @@ def _positive_finite(value) -> bool:
 
 
 def test_parse_formats_rejects_unknown_and_keeps_order():
-    from prorank_edge.bench import parse_formats
+    from prorank_edge.benchmarks.harness import parse_formats
     from prorank_edge.errors import ProrankError
 
     assert [v.name for v in parse_formats("onnx-int8, torch-fp32,onnx-int8")] == ["onnx-int8", "torch-fp32"]
@@ -57,14 +56,14 @@ def test_parse_formats_rejects_unknown_and_keeps_order():
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    from prorank_edge.bench import pareto_front
+    from prorank_edge.benchmarks.report import pareto_front
 
     points = [(1.0, 0.5), (2.0, 0.4), (1.5, 0.3), (3.0, 0.1), (0.5, 0.5)]
     assert pareto_front(points) == [0, 1, 3]
 
 
 def test_latency_summary_counts_every_repetition():
-    from prorank_edge.bench import latency_summary
+    from prorank_edge.benchmarks.harness import latency_summary
 
     summary = latency_summary([[1.0, 3.0], [2.0, 2.0]], [10, 10])
     assert summary["docs_per_s"] == pytest.approx(40 / 8)
@@ -137,7 +136,7 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
     assert "## Toolkit overhead against the bare engine" in markdown and "## Scale" in markdown
 
     # Artifacts are exported once and reused: a later run finds them and exports nothing.
-    from prorank_edge.bench import ensure_artifact, parse_formats
+    from prorank_edge.benchmarks.harness import ensure_artifact, parse_formats
 
     logged = []
     path, export_s = ensure_artifact(tmp_path / "artifacts", tiny_qwen2_dir, parse_formats("onnx-fp32")[0],
@@ -149,7 +148,7 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
 def test_cached_artifacts_follow_the_weights_not_the_folder_name(tmp_path, monkeypatch):
     import os
 
-    from prorank_edge.bench import EXPORT_REVISIONS, Variant, artifact_path
+    from prorank_edge.benchmarks.harness import EXPORT_REVISIONS, Variant, artifact_path
 
     variant = Variant("onnx-int8", "onnx", "int8")
     first, second = tmp_path / "a" / "stage2", tmp_path / "b" / "stage2"

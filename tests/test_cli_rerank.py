@@ -6,8 +6,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import requires_torch
+
 from prorank_edge.cli import main
 
 

@@ -3,16 +3,16 @@
 import json
 
 from click.testing import CliRunner
-
 from conftest import requires_torch
+
 from prorank_edge.cli import main
 
 pytestmark = requires_torch
 
 
 def test_rerank_scifact_candidates_with_real_model(smollm2_dir, scifact_dir, tmp_path):
-    from prorank_edge.beir import load_beir
-    from prorank_edge.bm25 import BM25Retriever
+    from prorank_edge.evaluation.beir import load_beir
+    from prorank_edge.evaluation.bm25 import BM25Retriever
 
     data = load_beir(scifact_dir, "test")
     qid = next(iter(data.queries))

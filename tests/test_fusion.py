@@ -2,14 +2,13 @@
 
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import requires_torch
+
 from prorank_edge.cli import main
 from prorank_edge.errors import ProrankError
-from prorank_edge.evaluate import Candidate, EvalReport, add_fusion, tune_fusion_weight
+from prorank_edge.evaluation.evaluate import Candidate, EvalReport, add_fusion, tune_fusion_weight
 from prorank_edge.fusion import fuse_scores, minmax
 
 

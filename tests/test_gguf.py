@@ -19,7 +19,8 @@ from conftest import build_tiny_model, requires_torch, with_outlier_channel  # n
 from prorank_edge.backends.gguf_backend import GgufBackend  # noqa: E402
 from prorank_edge.contract import PromptBuilder  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
-from prorank_edge.export.gguf_export import QUANTS, export_gguf  # noqa: E402
+from prorank_edge.export.gguf_export import export_gguf  # noqa: E402
+from prorank_edge.formats import QUANTS  # noqa: E402
 
 # Mixed lengths in one call: llama.cpp sees several sequences per decode, of different sizes.
 TINY_PAIRS = [
@@ -30,7 +31,7 @@ TINY_PAIRS = [
     ("Does aspirin lower the risk of colorectal cancer?", "Daily aspirin cut colorectal cancer incidence by 24%."),
     ("GPU memory", "A \t tab,  double  spaces, digits 1234567 and a newline\nsecond line."),
     ("café naïve 東京 😀", "Unicode text: résumé, Zürich, 東京タワー, emoji 🎉."),
-] + [("q" * k, "document number %d. " % k * k) for k in range(1, 9)]
+] + [("q" * k, f"document number {k}. " * k) for k in range(1, 9)]
 
 # Spearman vs torch fp32 on the 40 SciFact pairs below (max_length 256), measured with the exporter's defaults
 # (head kept finer than the body; channel smoothing, alpha 0.8 for q8_0 and 0.5 for q4_k_m): f16 0.9998,
@@ -124,7 +125,7 @@ def test_models_load_without_repacked_weight_layouts():
     process on a Xeon with AMX (the next test, and SmolLM2); the backend and the bench peer load without them."""
     import llama_cpp
 
-    from prorank_edge.backends.gguf_backend import plain_model_params
+    from prorank_edge.backends.llama_runtime import plain_model_params
 
     assert plain_model_params(llama_cpp).use_extra_bufts is False
     assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # what it would be otherwise
@@ -235,7 +236,8 @@ def test_quantized_smollm2_ranks_like_torch(smollm2_dir, scifact_dir, gguf_cache
         finally:
             backend.close()
         rho = spearman(scores, expected)
-        assert rho >= minimum, f"{quant}: Spearman {rho:.4f} vs torch fp32 (max drift {np.abs(scores - expected).max():.3f})"
+        drift = np.abs(scores - expected).max()
+        assert rho >= minimum, f"{quant}: Spearman {rho:.4f} vs torch fp32 (max drift {drift:.3f})"
 
 
 @pytest.mark.slow
@@ -273,7 +275,7 @@ def test_export_refuses_bad_requests(wide_llama_dir, gguf_cache, tmp_path):
 
     with pytest.raises(ProrankError) as error:
         export_gguf(wide_llama_dir, tmp_path / "x.gguf", "q4_0")
-    assert all(name in str(error.value) for name in QUANTS)
+    assert all(name in str(error.value) for name in QUANTS["gguf"])
 
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
@@ -331,7 +333,7 @@ def test_reranker_picks_the_gguf_backend(wide_qwen2_dir, gguf_cache, tmp_path):
     for source in (path, folder):
         with Reranker(str(source), threads=2) as reranker:
             assert reranker.backend.name == "gguf"
-            ranked = reranker.rank("what does interleukin 6 do?", documents, top_k=4)
+            ranked = reranker.rank("what does interleukin 6 do?", documents, top_k=4, return_documents=True)
             scores = reranker.predict([("what does interleukin 6 do?", d) for d in documents])
         assert len(ranked) == 4
         assert [r["score"] for r in ranked] == pytest.approx(sorted(scores.tolist(), reverse=True)[:4], abs=1e-4)

@@ -7,8 +7,8 @@ mxbai-rerank is a test-only dependency; without it these tests skip.
 
 import numpy as np
 import pytest
-
 from conftest import requires_torch
+
 from prorank_edge.contract import PromptBuilder
 
 pytestmark = requires_torch

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import requires_torch, rewrite_checkpoint, with_outlier_channel
 
 pytestmark = requires_torch

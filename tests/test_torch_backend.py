@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import requires_torch
 from test_contract import reference_ids
 
@@ -50,7 +49,7 @@ def test_scores_equal_full_logits_reference(fixture, request, qwen_tokenizer):
     got = reranker.predict([(QUERY, d) for d in DOCS])
     assert np.abs(got - expected).max() < 1e-4
     assert np.std(expected) > 1e-3  # the comparison is not between constants
-    ranked = reranker.rank(QUERY, DOCS)
+    ranked = reranker.rank(QUERY, DOCS, return_documents=True)
     assert [r["corpus_id"] for r in ranked] == list(np.argsort(-expected, kind="stable"))
     assert sorted(r["text"] for r in ranked) == sorted(DOCS)
 
@@ -70,7 +69,7 @@ def test_rank_options(tiny_qwen2_dir):
     from prorank_edge.errors import InputError
 
     reranker = Reranker(str(tiny_qwen2_dir), dtype="float32")
-    top = reranker.rank(QUERY, DOCS, top_k=2, return_documents=False)
+    top = reranker.rank(QUERY, DOCS, top_k=2)  # no texts by default, as CrossEncoder.rank
     assert len(top) == 2 and "text" not in top[0]
     assert top[0]["score"] >= top[1]["score"]
     norm = reranker.rank(QUERY, DOCS, normalize=True)

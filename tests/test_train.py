@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import requires_torch
 
 pytest.importorskip("yaml")
 
 from prorank_edge.errors import InputError  # noqa: E402
 from prorank_edge.train.config import ConfigError, DataConfig, load_config  # noqa: E402
-from prorank_edge.train.data import (Passage, balanced_pairs, from_beir, listwise_groups,  # noqa: E402
-                                     read_jsonl_groups)
+from prorank_edge.train.data import Passage, balanced_pairs, from_beir, listwise_groups, read_jsonl_groups  # noqa: E402
 
 TOPICS = ["cats purr", "dogs bark", "birds sing", "fish swim", "bees buzz", "cows moo", "frogs croak", "owls hoot"]
 
@@ -53,7 +51,7 @@ def write_jsonl(path: Path, queries: int = 12) -> Path:
 
 def test_beir_mining_keeps_grades_and_never_uses_judged_documents_as_negatives(tmp_path):
     pytest.importorskip("bm25s")
-    from prorank_edge.beir import load_beir
+    from prorank_edge.evaluation.beir import load_beir
 
     data = load_beir(write_beir(tmp_path / "beir"), "train")
     config = DataConfig(hard_negatives=3, random_negatives=2, bm25_depth=10, dev_queries=2, dev_top_k=5)
@@ -185,7 +183,6 @@ def test_stage2_loss_falls_on_a_fixed_batch(tiny_qwen2_dir):
 
 @requires_torch
 def test_stage2_trains_the_label_rows_of_an_untied_head(qwen_tokenizer_dir, tmp_path):
-    import torch
     from conftest import build_tiny_model
 
     from prorank_edge.train.common import load_model_and_tokenizer
@@ -431,7 +428,8 @@ def test_end_of_turn_warmup_teaches_ending_the_turn_after_a_label(tiny_qwen2_dir
                                 autocast_dtype=torch.bfloat16 if autocast == "bf16" else None)
     model.eval()
     after = p_end(after_label), p_end(token_ids)
-    print(f"p(end of turn) after a label {before[0]:.2e} -> {after[0]:.2e}, before it {before[1]:.2e} -> {after[1]:.2e}")
+    print(f"p(end of turn) after a label {before[0]:.2e} -> {after[0]:.2e}, "
+          f"before it {before[1]:.2e} -> {after[1]:.2e}")
     assert losses[-1] < losses[0] / 2
     # From about one in a million to a likely answer (on SmolLM2, 3 steps took it from 1e-4 to 0.6 while
     # the first answer token stayed the same; a random tiny model cannot tell the positions apart as well).
@@ -484,7 +482,7 @@ def test_pairwise_auc_counts_ordered_pairs_and_half_the_ties():
 
 def test_label_pairs_are_balanced_held_out_and_never_call_a_judged_document_negative(tmp_path):
     pytest.importorskip("bm25s")
-    from prorank_edge.beir import load_beir
+    from prorank_edge.evaluation.beir import load_beir
     from prorank_edge.train.evidence import label_pairs, label_pools
 
     root = write_beir(tmp_path / "beir")
@@ -512,7 +510,7 @@ def test_label_pairs_are_balanced_held_out_and_never_call_a_judged_document_nega
 
 
 def test_train_adapter_measures_on_the_queries_training_held_out(tmp_path):
-    from prorank_edge.beir import load_beir
+    from prorank_edge.evaluation.beir import load_beir
     from prorank_edge.train.adapter_cmd import held_out_dev
 
     data = load_beir(write_beir(tmp_path / "beir"), "train")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter import ADAPTER_INFO, apply_adapter, make_adapter
+from ..adapter import apply_adapter, make_adapter
 from ..contract import ScoringContract
 from ..export.parity import spearman
+from ..formats import ADAPTER_INFO_FILENAME
 from .common import resolve_model_dir
 from .data import split_beir_queries
 
@@ -31,8 +32,8 @@ def held_out_dev(data, dev_queries: int, seed: int):
 
 def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: str | None, split: str,
                   dev_queries: int, seed: int, top_k: int, max_queries: int) -> dict:
-    from ..beir import load_beir
-    from ..evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
+    from ..evaluation.beir import load_beir
+    from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
     from ..reranker import Reranker
 
     trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
@@ -60,5 +61,5 @@ def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: st
         }
         contract = ScoringContract.load(output)
         contract.replace(extra={**contract.extra, "fusion_weight": weight}).save(output)
-    (output / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (output / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -8,8 +8,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def dev_ndcg(model, prompts: PromptBuilder, dev: Sequence[DevQuery], batch_size:
     """Mean nDCG@10 of the model reranking each dev query's candidates (None without dev queries)."""
     if not dev:
         return None
-    from ..metrics import evaluate_run
+    from ..evaluation.metrics import evaluate_run
 
     token_ids, owners = [], []
     for query in dev:

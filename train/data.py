@@ -72,7 +72,7 @@ def load_training_data(config: DataConfig, seed: int = 0) -> TrainingData:
         return from_jsonl(config.jsonl, config, seed)
     if config.beir is None:
         raise InputError("no training data: set data.beir or data.jsonl")
-    from ..beir import load_beir
+    from ..evaluation.beir import load_beir
 
     return from_beir(load_beir(config.beir, config.split), config, seed)
 
@@ -97,7 +97,7 @@ def split_beir_queries(data, dev_count: int, seed: int) -> tuple[list[str], list
 
 def from_beir(data, config: DataConfig, seed: int = 0, retriever=None) -> TrainingData:
     """Groups and dev queries from a loaded BEIR split (`prorank_edge.beir.BeirData`)."""
-    from ..bm25 import BM25Retriever
+    from ..evaluation.bm25 import BM25Retriever
 
     rng = random.Random(seed)
     train_ids, dev_ids = split_beir_queries(data, config.dev_queries, seed)

@@ -49,7 +49,7 @@ def label_pools(beir_dir: str, split: str, dev_queries: int, seed: int, negative
     document is never a negative, whatever its grade: a 0 grade may still be on topic. `rng` draws the random
     negatives (label_pairs passes the one it samples with, so a seed gives the same pairs as ever).
     """
-    from ..beir import load_beir
+    from ..evaluation.beir import load_beir
 
     if negatives not in ("hard", "random"):
         raise ValueError(f"negatives must be 'hard' or 'random', not {negatives!r}")
@@ -142,9 +142,9 @@ def label_answers(model_dir: str, pairs, max_length: int, max_new_tokens: int = 
 def test_ndcg(model_dir: str | None, beir_dir: str, split: str, queries: int, top_k: int, max_length: int,
               bf16: bool = False) -> dict:
     """nDCG@10 of BM25 (model_dir None) or of a checkpoint reranking BM25's top_k, first `queries` queries."""
-    from ..beir import load_beir
-    from ..bm25 import BM25Retriever
-    from ..metrics import evaluate_run
+    from ..evaluation.beir import load_beir
+    from ..evaluation.bm25 import BM25Retriever
+    from ..evaluation.metrics import evaluate_run
 
     data = load_beir(beir_dir, split)
     qids = list(data.queries)[:queries]

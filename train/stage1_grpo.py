@@ -16,11 +16,21 @@ from pathlib import Path
 import torch
 
 from ..errors import ProrankError
-from .common import (JsonlLog, RESUME_DIR, check_process_count, dev_ndcg, launched_as_rank_0,
-                     load_model_and_tokenizer, peft_config, read_best, save_checkpoint, set_seed, write_best)
+from .common import (
+    RESUME_DIR,
+    JsonlLog,
+    check_process_count,
+    dev_ndcg,
+    launched_as_rank_0,
+    load_model_and_tokenizer,
+    peft_config,
+    read_best,
+    save_checkpoint,
+    set_seed,
+    write_best,
+)
 from .config import TrainConfig
 from .data import TrainingData, balanced_pairs, load_training_data
-
 
 #: inside output_dir: the warmed-up model that GRPO's KL term (beta > 0) measures the policy against
 WARMED_REFERENCE = "warmed_reference"
@@ -176,7 +186,7 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
 
     prompt_ids = {}
     rows = {"prompt": [], "label": []}
-    for (query, document, label), ids in zip(pairs, prompts.build_pairs((q, d) for q, d, _ in pairs)):
+    for (_, _, label), ids in zip(pairs, prompts.build_pairs((q, d) for q, d, _ in pairs)):
         # The decoded text is only the key (and what TRL logs); generation gets `ids` themselves.
         text = tokenizer.decode(ids)
         prompt_ids[text] = ids

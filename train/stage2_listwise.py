@@ -10,8 +10,8 @@ An optional pointwise BCE on sigmoid(score) keeps scores calibrated around 0. Th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,18 @@ import torch.nn.functional as F
 from ..backends.torch_backend import folded_score_head, last_position_scores, model_body
 from ..contract import PromptBuilder, left_pad, position_ids
 from ..errors import ProrankError
-from .common import (JsonlLog, RESUME_DIR, check_process_count, dev_ndcg, load_model_and_tokenizer, peft_config,
-                     read_best, save_checkpoint, set_seed, write_best)
+from .common import (
+    RESUME_DIR,
+    JsonlLog,
+    check_process_count,
+    dev_ndcg,
+    load_model_and_tokenizer,
+    peft_config,
+    read_best,
+    save_checkpoint,
+    set_seed,
+    write_best,
+)
 from .config import TrainConfig
 from .data import Passage, TrainingData, listwise_groups, load_training_data
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,5 +33,5 @@ class ScoringBackend(ABC):
         """What ran, for logs and benchmark reports."""
         return {"backend": self.name}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: a backend with nothing native to free keeps it
         """Free native resources; safe to call twice."""

@@ -12,138 +12,27 @@ tokenizer.json ("prorank.tokenizer_json"), so it tokenizes exactly like the torc
 from __future__ import annotations
 
 import ctypes
-import os
 import weakref
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..contract import ScoringContract
+from ..devices import parse_device, usable_cores
 from ..errors import ContractError, ProrankError
+from ..formats import GGUF_CONTRACT_KEY, GGUF_TOKENIZER_JSON_KEY
 from .base import ScoringBackend
+from .llama_runtime import (
+    LlamaVocabTokenizer,
+    captured_llama_log,
+    gguf_metadata_string,
+    import_llama_cpp,
+    llama_error_reason,
+    load_gguf_model,
+)
 
-CONTRACT_KEY = "prorank.contract"
-TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
-GGUF_MAGIC = b"GGUF"
 DEFAULT_N_SEQ_MAX = 8
-# ggml's log levels (ggml.h); llama-cpp-python's own callback maps them off by one and prints warnings.
-_GGML_LOG_LEVEL_ERROR = 4
-_GGML_LOG_LEVEL_CONT = 5
-
-
-def import_llama_cpp():
-    """llama_cpp, with OpenMP told not to spin: torch may share the process and its cores."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import llama_cpp
-
-    llama_cpp.llama_backend_init()
-    return llama_cpp
-
-
-@contextmanager
-def captured_llama_log(llama_cpp):
-    """Silence llama.cpp's logging for a block and collect its lines as (level, text)."""
-    lines: list[tuple[int, str]] = []
-    last_level = [0]
-
-    @llama_cpp.llama_log_callback
-    def capture(level, text, _user_data):
-        if level != _GGML_LOG_LEVEL_CONT:
-            last_level[0] = level
-        if text:
-            lines.append((last_level[0], text.decode("utf-8", errors="replace")))
-
-    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        from llama_cpp._logger import llama_log_callback
-
-        llama_cpp.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
-
-
-def llama_error_reason(lines: list[tuple[int, str]]) -> str:
-    """llama.cpp's error lines from a captured log, as a short parenthesised reason (or "")."""
-    text = " ".join("".join(t for level, t in lines if level == _GGML_LOG_LEVEL_ERROR).split())
-    return f" ({text[:300]})" if text else ""
-
-
-def plain_model_params(llama_cpp):
-    """llama.cpp's default model parameters, without the "extra" CPU buffer types.
-
-    Those repack weights at load for AMX / AVX-512 kernels; with them llama.cpp (llama-cpp-python 0.3.36)
-    crashed with a segfault decoding Q4_K_M files on a Xeon with AMX, the tiny test models and SmolLM2 alike.
-    The plain layout scores the same numbers everywhere.
-    """
-    params = llama_cpp.llama_model_default_params()
-    if hasattr(params, "use_extra_bufts"):
-        params.use_extra_bufts = False
-    return params
-
-
-def load_gguf_model(llama_cpp, path: Path, vocab_only: bool = False, n_gpu_layers: int = 0, main_gpu: int = 0):
-    """A llama_model pointer; a file llama.cpp cannot read raises ProrankError naming it (no crash)."""
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise ProrankError(f"{path}: cannot read the GGUF file ({exc.strerror})") from None
-    if magic != GGUF_MAGIC:
-        raise ProrankError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    params = plain_model_params(llama_cpp)
-    params.vocab_only = vocab_only
-    params.n_gpu_layers = n_gpu_layers
-    params.main_gpu = main_gpu
-    with captured_llama_log(llama_cpp) as log:
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise ProrankError(f"{path}: llama.cpp cannot load this GGUF file; it is corrupt, truncated or of an "
-                           f"unsupported architecture{llama_error_reason(log)}")
-    return model
-
-
-def gguf_metadata_string(llama_cpp, model, key: str) -> str | None:
-    """A string metadata value of a loaded model, any length (tokenizer.json is ~11 MB for Qwen2.5)."""
-    size = llama_cpp.llama_model_meta_val_str(model, key.encode(), None, 0)
-    if size < 0:
-        return None
-    buffer = ctypes.create_string_buffer(size + 1)
-    llama_cpp.llama_model_meta_val_str(model, key.encode(), buffer, size + 1)
-    return buffer.raw[:size].decode("utf-8")
-
-
-class _Encoding:
-    __slots__ = ("ids",)
-
-    def __init__(self, ids: list[int]):
-        self.ids = ids
-
-
-class LlamaVocabTokenizer:
-    """llama.cpp's own tokenizer behind the `tokenizers.Tokenizer` calls PromptBuilder makes.
-
-    Special tokens written in the text (<|im_start|>) are parsed as such, as the HF tokenizer does.
-    """
-
-    def __init__(self, llama_cpp, model):
-        self._llama_cpp = llama_cpp
-        self._vocab = llama_cpp.llama_model_get_vocab(model)
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> _Encoding:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        while True:
-            buffer = (self._llama_cpp.llama_token * capacity)()
-            count = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity,
-                                                   add_special_tokens, True)
-            if count >= 0:
-                return _Encoding(list(buffer[:count]))
-            capacity = -count  # too small: llama.cpp says how many it needs
-
-    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[_Encoding]:
-        return [self.encode(text, add_special_tokens) for text in texts]
 
 
 def _free(llama_cpp, handles: dict) -> None:
@@ -186,7 +75,7 @@ class GgufBackend(ScoringBackend):
 
     def _setup(self, model, contract, max_length, device, threads, n_batch, n_seq_max) -> None:
         llama_cpp = self._llama_cpp
-        tokenizer_json = gguf_metadata_string(llama_cpp, model, TOKENIZER_JSON_KEY)
+        tokenizer_json = gguf_metadata_string(llama_cpp, model, GGUF_TOKENIZER_JSON_KEY)
         if tokenizer_json is not None:
             from tokenizers import Tokenizer
 
@@ -196,8 +85,8 @@ class GgufBackend(ScoringBackend):
             tokenizer = LlamaVocabTokenizer(llama_cpp, model)
             self.tokenizer_source = "llama.cpp"
         if contract is None:
-            stored = gguf_metadata_string(llama_cpp, model, CONTRACT_KEY)
-            contract = ScoringContract.from_json(stored, f"{self.model_path} ({CONTRACT_KEY})") if stored \
+            stored = gguf_metadata_string(llama_cpp, model, GGUF_CONTRACT_KEY)
+            contract = ScoringContract.from_json(stored, f"{self.model_path} ({GGUF_CONTRACT_KEY})") if stored \
                 else ScoringContract()
         super().__init__(tokenizer, contract, max_length)
 
@@ -305,13 +194,6 @@ class GgufBackend(ScoringBackend):
         self._finalizer()
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask where the OS has one, e.g. in a container)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _gguf_file(path: Path) -> Path:
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
@@ -325,18 +207,11 @@ def _gguf_file(path: Path) -> Path:
 
 def _gpu_layers(llama_cpp, device: str) -> tuple[int, int]:
     """(layers to offload, GPU index) for a device string; this wheel may be CPU-only."""
-    device = device or "auto"
-    if device == "cpu":
-        return 0, 0
+    parsed = parse_device(device)
     gpu = llama_cpp.llama_supports_gpu_offload()
-    if device == "auto":
-        return (999, 0) if gpu else (0, 0)
-    if device == "cuda" or device.startswith("cuda:"):
-        if not gpu:
-            raise ProrankError(f"device {device!r} was asked for, but this llama-cpp-python build has no GPU "
-                               "support; reinstall it with CMAKE_ARGS=-DGGML_CUDA=on, or use device cpu")
-        index = device.partition(":")[2]
-        if index and not index.isdigit():
-            raise ProrankError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-        return 999, int(index or 0)
-    raise ProrankError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if parsed.kind == "cpu" or (parsed.kind == "auto" and not gpu):
+        return 0, 0
+    if parsed.kind == "cuda" and not gpu:
+        raise ProrankError(f"device {device!r} was asked for, but this llama-cpp-python build has no GPU "
+                           "support; reinstall it with CMAKE_ARGS=-DGGML_CUDA=on, or use device cpu")
+    return 999, parsed.gpu_index

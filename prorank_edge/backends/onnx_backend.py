@@ -7,21 +7,24 @@ The artifact (see prorank_edge.export.onnx_export) maps left-padded ids and mask
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from ..contract import ScoringContract, left_pad
+from ..devices import parse_device
 from ..errors import ProrankError
+from ..formats import (
+    ONNX_EXPORT_INFO_FILENAME,
+    ONNX_INPUT_NAMES,
+    ONNX_MODEL_FILENAME,
+    ONNX_OUTPUT_NAME,
+    TOKENIZER_FILENAME,
+)
 from .base import ScoringBackend
 
-MODEL_FILENAME = "model.onnx"
-TOKENIZER_FILENAME = "tokenizer.json"
-EXPORT_INFO_FILENAME = "export_info.json"
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "score"
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
@@ -36,19 +39,15 @@ def resolve_providers(device: str | None = "auto", providers: Sequence | None = 
         return list(providers)
     # "auto" means CPU: onnxruntime-gpu without a working CUDA setup logs a load error and silently falls back
     # to the CPU, so the GPU is used only when asked for by name, where a failure can be reported.
-    if device in (None, "auto", "cpu"):
+    parsed = parse_device(device)
+    if parsed.kind != "cuda":
         return [CPU]
-    if device == "cuda" or device.startswith("cuda:"):
-        if CUDA not in available:
-            raise ProrankError(
-                f"device {device!r} was asked for, but this onnxruntime has no CUDA support "
-                "(install the `gpu` extra, onnxruntime-gpu, instead of onnxruntime)"
-            )
-        index = device.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise ProrankError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-        return [(CUDA, {"device_id": int(index)}), CPU]
-    raise ProrankError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if CUDA not in available:
+        raise ProrankError(
+            f"device {device!r} was asked for, but this onnxruntime has no CUDA support "
+            "(install the `gpu` extra, onnxruntime-gpu, instead of onnxruntime)"
+        )
+    return [(CUDA, {"device_id": parsed.gpu_index}), CPU]
 
 
 class OnnxBackend(ScoringBackend):
@@ -59,7 +58,7 @@ class OnnxBackend(ScoringBackend):
         from tokenizers import Tokenizer
 
         path = Path(model_path)
-        self.model_file = path if path.is_file() else path / MODEL_FILENAME
+        self.model_file = path if path.is_file() else path / ONNX_MODEL_FILENAME
         folder = self.model_file.parent
         if not self.model_file.is_file():
             raise ProrankError(f"{self.model_file}: no such ONNX model file")
@@ -71,7 +70,7 @@ class OnnxBackend(ScoringBackend):
         except Exception as exc:  # the Rust loader raises a bare Exception
             raise ProrankError(f"{tokenizer_file}: cannot read this tokenizer ({exc})") from None
         super().__init__(tokenizer, contract or ScoringContract.load(folder), max_length)
-        self.export_info = _read_export_info(folder / EXPORT_INFO_FILENAME)
+        self.export_info = _read_export_info(folder / ONNX_EXPORT_INFO_FILENAME)
 
         self.threads = int(threads) if threads else None
         options = ort.SessionOptions()
@@ -86,7 +85,7 @@ class OnnxBackend(ScoringBackend):
             raise ProrankError(f"{self.model_file}: cannot load this ONNX model ({reason})") from None
         inputs = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        if not set(INPUT_NAMES) <= inputs or OUTPUT_NAME not in outputs:
+        if not set(ONNX_INPUT_NAMES) <= inputs or ONNX_OUTPUT_NAME not in outputs:
             raise ProrankError(
                 f"{self.model_file}: not a prorank-edge scoring graph (inputs {sorted(inputs)}, outputs "
                 f"{sorted(outputs)}; expected inputs input_ids, attention_mask and output score); "
@@ -100,7 +99,7 @@ class OnnxBackend(ScoringBackend):
         if self.session is None:
             raise ProrankError("this ONNX backend is closed")
         ids, mask = left_pad(token_ids)
-        (scores,) = self.session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
+        (scores,) = self.session.run([ONNX_OUTPUT_NAME], dict(zip(ONNX_INPUT_NAMES, (ids, mask))))
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
     def describe(self) -> dict:

@@ -7,13 +7,14 @@ Only the final position's hidden state meets the head, and the head is folded in
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..contract import ScoringContract, left_pad, position_ids
+from ..devices import cpu_has_native_bf16, parse_device
 from ..errors import ContractError, ProrankError
 from .base import ScoringBackend
 
@@ -21,29 +22,13 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16}
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls run natively (measured 2.3x faster than fp32 on such a CPU)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-
 def resolve_device(device: str = "auto") -> torch.device:
-    if device in (None, "auto"):
+    parsed = parse_device(device)
+    if parsed.kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ProrankError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if parsed.kind == "cuda" and not torch.cuda.is_available():
         raise ProrankError(f"device {device!r} was asked for, but torch sees no CUDA GPU here")
-    return resolved
+    return torch.device(parsed.kind, parsed.index) if parsed.index is not None else torch.device(parsed.kind)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -76,7 +61,8 @@ def folded_score_head(model, positive_token_id: int, negative_token_id: int,
         )
     row = (weight[positive_token_id].float() - weight[negative_token_id].float()).contiguous()
     bias = getattr(head, "bias", None)
-    offset = (bias[positive_token_id].float() - bias[negative_token_id].float()) if bias is not None else torch.zeros(())
+    offset = (bias[positive_token_id].float() - bias[negative_token_id].float()) if bias is not None \
+        else torch.zeros(())
     return row, offset if trainable else offset.detach()
 
 

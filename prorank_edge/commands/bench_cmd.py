@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_FORMATS = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8,onnx-int4,gguf-f16,gguf-q8_0,gguf-q4_k_m"
+from ..formats import BENCH_FORMATS
 
 
 @click.command("bench")
@@ -20,7 +20,7 @@ DEFAULT_FORMATS = "torch-fp32,torch-bf16,onnx-fp32,onnx-int8,onnx-int4,gguf-f16,
               help="Only the split's first N queries.")
 @click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
               help="BM25 candidates reranked per query.")
-@click.option("--formats", default=DEFAULT_FORMATS, show_default=True,
+@click.option("--formats", default=",".join(BENCH_FORMATS), show_default=True,
               help="Comma-separated backend-quant variants to measure.")
 @click.option("--output-dir", "-o", type=click.Path(path_type=Path), default=Path("bench-results"),
               show_default=True, help="Where bench.json, bench.md and bench.png are written.")
@@ -60,7 +60,7 @@ def bench_command(model, data, split, max_queries, top_k, formats, output_dir, r
     Example:
       prorank-edge bench --data ./scifact --max-queries 30 --top-k 20 --formats torch-fp32,onnx-int8,gguf-q8_0
     """
-    from ..bench import parse_int_list, run_benchmark
+    from ..benchmarks.harness import parse_int_list, run_benchmark
 
     scale = None if scale_formats is None else ("" if scale_formats.strip().lower() == "none" else scale_formats)
     report = run_benchmark(

@@ -48,9 +48,9 @@ def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, f
       prorank-edge eval --data ./beir/nfcorpus --model ./my-reranker --max-queries 100 --output json
       prorank-edge eval --data scifact --top-k 20 --fusion-weight auto
     """
-    from ..beir import load_beir, resolve_beir
-    from ..evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
-    from ..metrics import write_trec_run
+    from ..evaluation.beir import load_beir, resolve_beir
+    from ..evaluation.evaluate import evaluate_reranker, evaluate_with_fusion
+    from ..evaluation.metrics import write_trec_run
 
     if bm25_only and (model is not None or fusion_weight is not None):
         raise ProrankError("--bm25-only evaluates BM25 alone; leave out --model and --fusion-weight")
@@ -69,29 +69,11 @@ def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, f
     if bm25_only:
         report = evaluate_reranker(data, None, top_k=top_k, max_queries=max_queries, show_progress=show_progress)
     else:
-        fusion = {}
+        tune_data = load_beir(path, tune_split) if weight == "auto" else None
         with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
-            if weight == "auto":
-                if tune_split == split:
-                    raise ProrankError("--tune-split must differ from --split: tuning on the evaluated split "
-                                       "would overstate the fusion")
-                status(f"tuning the fusion weight on {tune_queries} {tune_split} queries")
-                tuning = evaluate_reranker(load_beir(path, tune_split), reranker, top_k=top_k,
-                                           max_queries=tune_queries, instruction=instruction,
-                                           show_progress=show_progress)
-                weight, grid = tune_fusion_weight(tuning)
-                fusion = {"tuned_on": tune_split, "tune_queries": tuning.queries,
-                          "ndcg@10_by_weight": {str(w): v for w, v in grid.items()}}
-            elif weight is None and "fusion_weight" in reranker.contract.extra:
-                # The model's own weight (the built-in model's was tuned on SciFact train): fusion is reported
-                # beside the reranker alone, never instead of it.
-                weight = float(reranker.contract.extra["fusion_weight"])
-                fusion = {"from": "model contract"}
-            report = evaluate_reranker(data, reranker, top_k=top_k, max_queries=max_queries,
-                                       instruction=instruction, show_progress=show_progress)
-        if weight is not None:
-            add_fusion(report, weight)
-            report.fusion = {"weight": weight, **fusion}
+            report = evaluate_with_fusion(data, reranker, top_k=top_k, max_queries=max_queries,
+                                          instruction=instruction, fusion_weight=weight, tune_data=tune_data,
+                                          tune_queries=tune_queries, show_progress=show_progress, status=status)
 
     if run_file:
         name = list(report.runs)[-1]

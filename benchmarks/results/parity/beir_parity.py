@@ -3,11 +3,11 @@
 import sys, json, time, pickle, numpy as np
 from pathlib import Path
 sys.path.insert(0, "/work/main")
-from prorank_edge.beir import load_beir
-from prorank_edge.bm25 import BM25Retriever
+from prorank_edge.evaluation.beir import load_beir
+from prorank_edge.evaluation.bm25 import BM25Retriever
 from prorank_edge.reranker import Reranker
-from prorank_edge.metrics import *  # noqa
-import prorank_edge.metrics as M
+from prorank_edge.evaluation.metrics import *  # noqa
+import prorank_edge.evaluation.metrics as M
 from export.parity import spearman, parity_summary
 model_dir = Path(sys.argv[1]); out = Path(sys.argv[2]); variants = sys.argv[3:]
 data = load_beir("/work/shared/data/beir/scifact", "test")

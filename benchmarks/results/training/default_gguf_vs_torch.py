@@ -4,8 +4,8 @@ The built-in default merged with numpy into f16 GGUF (no torch) against the torc
 import json, os, subprocess, sys, tempfile
 import numpy as np
 from scipy.stats import spearmanr
-from prorank_edge.beir import load_beir
-from prorank_edge.bm25 import BM25Retriever
+from prorank_edge.evaluation.beir import load_beir
+from prorank_edge.evaluation.bm25 import BM25Retriever
 from prorank_edge.reranker import Reranker
 
 data = load_beir('../shared/data/beir/scifact', 'test')

@@ -14,12 +14,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from .documents import Document, parse_document
-from .errors import InputError, ProrankError
+from ..documents import Document, parse_document
+from ..errors import InputError, ProrankError
 
 BEIR_BASE_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 # The public BEIR datasets whose zip holds one flat folder in the layout above. cqadupstack is left out: its zip
@@ -142,7 +142,7 @@ def resolve_beir(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike |
             f"(known: {', '.join(BEIR_DATASETS)})"
         )
     if cache_dir is None:
-        from .models import cache_dir as prorank_cache_dir
+        from ..models import cache_dir as prorank_cache_dir
 
         root = prorank_cache_dir() / "beir"
     else:
@@ -156,8 +156,10 @@ def resolve_beir(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike |
 
 
 def _download(name: str, root: Path, target: Path, show_progress: bool | None) -> None:
+    from ..models import ensure_cache_folder
+
     url = f"{BEIR_BASE_URL.rstrip('/')}/{name}.zip"
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_cache_folder(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         archive = staging / f"{name}.zip"
@@ -174,7 +176,8 @@ def _download(name: str, root: Path, target: Path, show_progress: bool | None) -
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(extracted)  # extractall drops absolute paths and '..' parts in member names
         except zipfile.BadZipFile:
-            raise ProrankError(f"{url}: the download is not a valid zip file; pass a local BEIR folder with --data DIR") from None
+            raise ProrankError(f"{url}: the download is not a valid zip file; pass a local BEIR folder with "
+                               "--data DIR") from None
         dataset = _find_dataset_folder(extracted)
         if dataset is None:
             raise ProrankError(f"{url}: the archive holds no corpus.jsonl; pass a local BEIR folder with --data DIR")

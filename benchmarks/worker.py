@@ -1,9 +1,9 @@
-"""One benchmark measurement in its own process: `python -m prorank_edge.bench_worker JOB.json RESULT.json`.
+"""One benchmark measurement in its own process (`python -m prorank_edge.benchmarks.worker JOB RESULT`).
 
 A fresh process per variant is what makes load time and peak RSS (ru_maxrss) belong to that variant alone,
 and keeps one engine's thread pools and allocator caches from slowing the next. The parent
-(`prorank_edge.bench`) writes the job and the shared workload; this module writes timings and raw scores
-back, and leaves every metric to the parent.
+(`prorank_edge.benchmarks.harness`) writes the job and the shared workload; this module writes timings and raw
+scores back, and leaves every metric to the parent.
 
 Job kinds:
   variant  the toolkit's Reranker on one backend/quant; optionally the bare engine on the same artifact and
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ..formats import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAME
 
 GEMM_SIZE = 2048
 GEMM_ITERATIONS = 5
@@ -78,7 +80,7 @@ class BareOnnx:
         for row, seq in enumerate(sequences):
             ids[row, width - len(seq):] = seq
             mask[row, width - len(seq):] = 1
-        (scores,) = self.session.run(["score"], {"input_ids": ids, "attention_mask": mask})
+        (scores,) = self.session.run([ONNX_OUTPUT_NAME], dict(zip(ONNX_INPUT_NAMES, (ids, mask))))
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
     def close(self) -> None:
@@ -99,7 +101,7 @@ class BareLlama:
         llama_cpp.llama_log_set(self._quiet, ctypes.c_void_p(0))
         self.llama = llama_cpp
         self.positive, self.negative = positive, negative
-        from .backends.gguf_backend import plain_model_params  # the backend's own load settings
+        from ..backends.llama_runtime import plain_model_params  # the backend's own load settings
 
         self.model = llama_cpp.llama_model_load_from_file(gguf_file.encode(), plain_model_params(llama_cpp))
         if not self.model:
@@ -148,7 +150,7 @@ class BareLlama:
 def _bare_groups(lengths: list[int], batch_size: int, max_tokens: int | None, n_seq_max: int | None) -> list[list[int]]:
     """The same prompt groups the toolkit forms (length-sorted batches, then llama.cpp's n_seq_max groups), so
     both sides do exactly the same arithmetic and only the glue differs."""
-    from .contract import length_batches
+    from ..contract import length_batches
 
     groups = []
     for batch in length_batches(lengths, batch_size, max_tokens):
@@ -171,8 +173,8 @@ def run_variant(job: dict, workload: dict) -> dict:
     threads = job["threads"]
     queries = workload["queries"]
     t0 = time.perf_counter()
-    from .backends import backend_class
-    from .reranker import Reranker
+    from ..backends import backend_class
+    from ..reranker import Reranker
 
     # The engine's imports (torch + transformers / onnxruntime / llama_cpp) are timed apart from the load.
     backend_class(job["backend"])
@@ -194,7 +196,7 @@ def run_variant(job: dict, workload: dict) -> dict:
     # up front; a whole query would cost minutes on a slow variant and teach the engine nothing more.
     warm = queries[0]
     t0 = time.perf_counter()
-    reranker.rank(warm["text"], warm["texts"][:WARMUP_PAIRS], return_documents=False, show_progress_bar=False)
+    reranker.rank(warm["text"], warm["texts"][:WARMUP_PAIRS], show_progress_bar=False)
     warmup_s = time.perf_counter() - t0
 
     scores: list[list[float]] = []
@@ -203,7 +205,7 @@ def run_variant(job: dict, workload: dict) -> dict:
         latencies = []
         for query in queries:
             t0 = time.perf_counter()
-            ranked = reranker.rank(query["text"], query["texts"], return_documents=False, show_progress_bar=False)
+            ranked = reranker.rank(query["text"], query["texts"], show_progress_bar=False)
             latencies.append(time.perf_counter() - t0)
             if rep == 0:
                 scores.append(_scores_in_input_order(ranked, len(query["texts"])))
@@ -231,7 +233,7 @@ def run_variant(job: dict, workload: dict) -> dict:
 
 def _scale(reranker, scale: dict, workload: dict, label: str) -> dict:
     """How one query's latency grows with the number of candidates and with the prompt length."""
-    from .contract import PromptBuilder
+    from ..contract import PromptBuilder
 
     out = {"candidates": [], "prompt_length": []}
     query = workload["scale"]["query"]
@@ -241,7 +243,7 @@ def _scale(reranker, scale: dict, workload: dict, label: str) -> dict:
         times = []
         for _ in range(scale["repeats"]):
             t0 = time.perf_counter()
-            reranker.rank(query, texts, return_documents=False, show_progress_bar=False)
+            reranker.rank(query, texts, show_progress_bar=False)
             times.append(time.perf_counter() - t0)
         out["candidates"].append({"candidates": len(texts), "latency_s": times})
         _status(label, f"scale: {len(texts)} candidates in {min(times):.2f} s")
@@ -284,7 +286,7 @@ def _bare_pass(job: dict, reranker, queries: list[dict], label: str) -> dict:
         toolkit_rep, bare_rep = [], []
         for query, query_groups in zip(queries, groups):
             t0 = time.perf_counter()
-            ranked = reranker.rank(query["text"], query["texts"], return_documents=False, show_progress_bar=False)
+            ranked = reranker.rank(query["text"], query["texts"], show_progress_bar=False)
             t1 = time.perf_counter()
             bare_scores = _bare_score(engine, query["token_ids"], query_groups)
             t2 = time.perf_counter()
@@ -378,7 +380,7 @@ def run_gemm(job: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m prorank_edge.bench_worker JOB.json RESULT.json", file=sys.stderr)
+        print("usage: python -m prorank_edge.benchmarks.worker JOB.json RESULT.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     if job["kind"] == "gemm":

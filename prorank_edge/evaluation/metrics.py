@@ -7,9 +7,9 @@ ordered by score, descending, with ties broken by doc id, descending.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from .errors import InputError, MissingExtraError
+from ..errors import InputError, MissingExtraError
 
 Run = Mapping[str, Mapping[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]

@@ -7,15 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from ..errors import ProrankError
+from ..fusion import fuse_scores
 from .beir import BeirData
-from .errors import ProrankError
-from .fusion import fuse_scores
 from .metrics import evaluate_run, metric_label, write_trec_run
 
 if TYPE_CHECKING:
-    from .reranker import Reranker
+    from ..reranker import Reranker
 
 MRR_NDCG_K = 10
 
@@ -102,7 +100,8 @@ class EvalReport:
         def line(cells: list[str]) -> str:
             return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-        title = f"{self.dataset} ({self.split}): {self.queries} queries, BM25 top {self.top_k} of {self.corpus_size} documents"
+        title = (f"{self.dataset} ({self.split}): {self.queries} queries, BM25 top {self.top_k} of "
+                 f"{self.corpus_size} documents")
         lines = [title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
         if self.pairs_scored:
             lines.append(f"reranked {self.pairs_scored} pairs in {self.timing['rerank_s']:.1f} s "
@@ -117,7 +116,7 @@ def _progress(total: int, show: bool | None, desc: str):
     return tqdm(total=total, desc=desc, unit="query", disable=disable, file=sys.stderr, leave=False)
 
 
-def evaluate_reranker(data: BeirData, reranker: "Reranker | None" = None, top_k: int = 100,
+def evaluate_reranker(data: BeirData, reranker: Reranker | None = None, top_k: int = 100,
                       max_queries: int | None = None, instruction: str | None = None, batch_size: int | None = None,
                       show_progress: bool | None = None, run_file: str | None = None) -> EvalReport:
     """BM25 top `top_k` candidates for each query of `data`, reranked by `reranker` when given.
@@ -158,7 +157,7 @@ def evaluate_reranker(data: BeirData, reranker: "Reranker | None" = None, top_k:
                 cands = report.candidates[qid]
                 if cands:
                     texts = [data.corpus[c.doc_id].full_text for c in cands]
-                    ranked = reranker.rank(data.queries[qid], texts, return_documents=False,
+                    ranked = reranker.rank(data.queries[qid], texts,
                                            instruction=instruction, batch_size=batch_size, show_progress_bar=False)
                     for item in ranked:  # corpus_id is the index into `texts`, i.e. into `cands`
                         cands[item["corpus_id"]].rerank_score = item["score"]
@@ -208,3 +207,37 @@ def tune_fusion_weight(report: EvalReport, grid=FUSION_GRID) -> tuple[float, dic
         scores[weight] = result["mean"][f"ndcg@{MRR_NDCG_K}"]
     best = max(grid, key=lambda w: (scores[w], -w))
     return best, scores
+
+
+def evaluate_with_fusion(data: BeirData, reranker: Reranker, top_k: int = 100, max_queries: int | None = None,
+                         instruction: str | None = None, fusion_weight: float | str | None = None,
+                         tune_data: BeirData | None = None, tune_queries: int = 50,
+                         show_progress: bool | None = None, status=None) -> EvalReport:
+    """evaluate_reranker plus BM25 fusion: a given weight, "auto" (tuned on `tune_data`, which must not be the
+    evaluated split), or None for the model's own weight where its contract has one (else no fusion)."""
+    fusion: dict = {}
+    weight = fusion_weight
+    if weight == "auto":
+        if tune_data is None:
+            raise ProrankError("fusion weight 'auto' needs a split to tune on")
+        if tune_data.split == data.split:
+            raise ProrankError("--tune-split must differ from --split: tuning on the evaluated split "
+                               "would overstate the fusion")
+        if status:
+            status(f"tuning the fusion weight on {tune_queries} {tune_data.split} queries")
+        tuning = evaluate_reranker(tune_data, reranker, top_k=top_k, max_queries=tune_queries,
+                                   instruction=instruction, show_progress=show_progress)
+        weight, grid = tune_fusion_weight(tuning)
+        fusion = {"tuned_on": tune_data.split, "tune_queries": tuning.queries,
+                  "ndcg@10_by_weight": {str(w): v for w, v in grid.items()}}
+    elif weight is None and "fusion_weight" in reranker.contract.extra:
+        # The model's own weight (the built-in model's was tuned on SciFact train): fusion is reported beside
+        # the reranker alone, never instead of it.
+        weight = float(reranker.contract.extra["fusion_weight"])
+        fusion = {"from": "model contract"}
+    report = evaluate_reranker(data, reranker, top_k=top_k, max_queries=max_queries, instruction=instruction,
+                               show_progress=show_progress)
+    if weight is not None:
+        add_fusion(report, weight)
+        report.fusion = {"weight": weight, **fusion}
+    return report

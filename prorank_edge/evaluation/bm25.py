@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .documents import Document
-from .errors import MissingExtraError
+from ..documents import Document
+from ..errors import MissingExtraError
 
 FEATURE = "BM25 first stage"
 

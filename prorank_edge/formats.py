@@ -1,0 +1,62 @@
+"""Format facts shared by writers and readers: file names, graph I/O names, GGUF keys, quantization levels.
+
+One place for every name that an exporter writes and a backend, the bench or the CLI reads back (in the
+manner of gguf-py's constants.py), so the two sides cannot drift apart. Plain Python: importing it costs
+nothing and needs no extra.
+"""
+
+from __future__ import annotations
+
+# ---- files beside a model ---------------------------------------------------------------------------------
+CONTRACT_FILENAME = "prorank_contract.json"
+TOKENIZER_FILENAME = "tokenizer.json"
+CHECKPOINT_CONFIG_FILENAME = "config.json"
+ADAPTER_WEIGHTS_FILENAME = "adapter.safetensors"
+ADAPTER_INFO_FILENAME = "adapter.json"
+
+# ---- ONNX artifact (a folder) -----------------------------------------------------------------------------
+ONNX_MODEL_FILENAME = "model.onnx"
+ONNX_EXTERNAL_DATA_FILENAME = "model.onnx.data"
+ONNX_EXPORT_INFO_FILENAME = "export_info.json"
+#: left-padded [batch, seq] int64 inputs -> one float32 score per row
+ONNX_INPUT_NAMES = ("input_ids", "attention_mask")
+ONNX_OUTPUT_NAME = "score"
+
+# ---- GGUF artifact (one file) -----------------------------------------------------------------------------
+GGUF_SUFFIX = ".gguf"
+GGUF_MAGIC = b"GGUF"
+#: the scoring contract as JSON, label token ids filled in
+GGUF_CONTRACT_KEY = "prorank.contract"
+#: the checkpoint's tokenizer.json, so the runtime tokenizes exactly like torch
+GGUF_TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
+
+# ---- quantization levels ----------------------------------------------------------------------------------
+QUANTS = {"onnx": ("fp32", "fp16", "int8", "int4"), "gguf": ("f16", "q8_0", "q4_k_m")}
+# The 8-bit levels: the smallest that keep ranking close to fp32 (Spearman on SmolLM2: onnx int8 0.998, gguf
+# q8_0 0.996 with smoothing; the 4-bit levels 0.989 and 0.978).
+DEFAULT_QUANT = {"onnx": "int8", "gguf": "q8_0"}
+#: llama.cpp file type (llama_ftype name) of each GGUF level
+GGUF_FTYPES = {
+    "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
+# GGUF level -> ggml type (GGML_TYPE_*) of the LM head, which is the token embedding when the two are tied.
+# The score is the difference of two head rows dotted with the last hidden state, and llama.cpp also
+# quantizes that hidden state to the weights' block type, so a head quantized like the body puts an error
+# proportional to the logits (tens) on a score whose spread within a query is a fraction of one. Keeping the
+# head one step finer costs ~26 MB on SmolLM2 and measurably restores rank agreement (docs/export.md).
+GGUF_HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0"}
+#: weights per quantization scale for ONNX int8/int4: the GGUF block size, which keeps the grid of checkpoints
+#: converted from GGUF Q4_0/Q4_1 files (a block of 128 would not reproduce it)
+ONNX_BLOCK_SIZE = 32
+#: torch precisions the bench measures (fp16 is left out: CPUs have no fast fp16 matmul)
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+#: every backend-level variant the bench knows, in report order
+BENCH_FORMATS = tuple(f"torch-{d}" for d in TORCH_DTYPES) + tuple(
+    f"{fmt}-{q}" for fmt in ("onnx", "gguf") for q in QUANTS[fmt] if q != "fp16"
+)
+
+# ---- architectures ----------------------------------------------------------------------------------------
+#: transformers architecture -> gguf-py MODEL_ARCH name, for the GGUF exporter
+GGUF_ARCHITECTURES = {"Qwen2ForCausalLM": "QWEN2", "LlamaForCausalLM": "LLAMA"}
+#: GGUF general.architecture -> gguf-py MODEL_ARCH name, for reading a GGUF back (the adapter merge)
+GGUF_ARCH_NAMES = {"qwen2": "QWEN2", "llama": "LLAMA"}
