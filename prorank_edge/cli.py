@@ -84,10 +84,13 @@ def rerank(query, docs_path, top_k, instruction, output_format, normalize, fusio
     Example:
       prorank-edge rerank --query "what causes influenza" --docs docs.jsonl --top-k 5
     """
-    from .documents import load_documents
+    from .documents import load_documents, unicode_problem
 
     if not query.strip():
         raise InputError("--query is empty")
+    for option, text in (("--query", query), ("--instruction", instruction)):
+        if text and (problem := unicode_problem(text)):
+            raise InputError(f"{option}: {problem} (the command line holds bytes that are not UTF-8)")
     documents = load_documents(docs_path)
     unscored = next((d for d in documents if d.score is None), None)
     if fusion_weight is not None and unscored is not None:

@@ -67,14 +67,48 @@ def load_documents(path: str) -> list[Document]:
     return documents
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be tokenized, or None: a lone UTF-16 surrogate, which valid JSON escapes such as
+    "\\ud800" (or undecodable command-line bytes) produce, and which no tokenizer accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"invalid Unicode: a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start + 1}"
+    return None
+
+
+def _invalid_string(value, path: str) -> tuple[str, str] | None:
+    """(field path, problem) of the first string inside a parsed JSON value that is not valid Unicode."""
+    if isinstance(value, str):
+        problem = unicode_problem(value)
+        return (path, problem) if problem else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, int):
+            child = f"{path}[{key}]"
+        elif problem := unicode_problem(key):
+            return path or "(top level)", f"a field name is {problem}"
+        else:
+            child = f"{path}.{key}" if path else key
+        found = _invalid_string(item, child)
+        if found:
+            return found
+    return None
+
+
 def parse_json_object(line: str, where: str) -> dict:
-    """One JSONL line as a dict; anything else raises InputError naming `where` (file:line)."""
+    """One JSONL line as a dict; anything else, or a string in it that is not valid Unicode, raises
+    InputError naming `where` (file:line) and the field."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    invalid = _invalid_string(record, "")
+    if invalid:
+        raise InputError(f"{where}: field {invalid[0]!r}: {invalid[1]} (JSON \\u escapes of surrogates must "
+                         "come in pairs)")
     return record
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from .backends import backend_class
 from .backends.base import ScoringBackend
+from .documents import unicode_problem
 from .errors import InputError, ModelNotFoundError, ProrankError
 from .models import ModelSource, resolve_model
 
@@ -22,6 +23,13 @@ def _progress(total: int, show: bool | None, desc: str):
     disable = (not sys.stderr.isatty()) if show is None else not show
     return tqdm(total=total, desc=desc, unit="doc", disable=disable, delay=0 if show else 1.0, file=sys.stderr,
                 leave=False)
+
+
+def _check_unicode(text: str | None, what: str) -> None:
+    """Tokenizers reject lone surrogates with a bare TypeError; name the text instead."""
+    problem = unicode_problem(text) if text else None
+    if problem:
+        raise InputError(f"{what}: {problem}")
 
 
 class Reranker:
@@ -61,7 +69,7 @@ class Reranker:
                                      f"{str(exc).splitlines()[0] if str(exc) else 'no details'})") from exc
 
     @classmethod
-    def from_backend(cls, backend: ScoringBackend, batch_size: int = DEFAULT_BATCH_SIZE) -> "Reranker":
+    def from_backend(cls, backend: ScoringBackend, batch_size: int = DEFAULT_BATCH_SIZE) -> Reranker:
         """Wrap an already built backend (e.g. a model held in memory during training)."""
         self = cls.__new__(cls)
         self.source = None
@@ -100,21 +108,28 @@ class Reranker:
         for i, pair in enumerate(pairs):
             if len(pair) != 2 or not all(isinstance(x, str) for x in pair):
                 raise InputError(f"pair {i}: expected (query, document) strings")
+            _check_unicode(pair[0], f"pair {i}: the query")
+            _check_unicode(pair[1], f"pair {i}: the document")
+        _check_unicode(instruction, "the instruction")
         if not pairs:
             return np.empty(0, dtype=np.float32)
         scores = self.score_token_ids(self.prompts.build_pairs(pairs, instruction), batch_size, show_progress_bar)
         return self.contract.normalize(scores) if normalize else scores
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = True,
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
              instruction: str | None = None, batch_size: int | None = None, show_progress_bar: bool | None = None,
              normalize: bool = False) -> list[dict]:
-        """Documents best first, as [{"corpus_id", "score", "text"}]; ties keep the input order."""
+        """Documents best first, as [{"corpus_id", "score"}] plus "text" with return_documents (off by default,
+        as in sentence-transformers' CrossEncoder.rank); ties keep the input order."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty")
+        _check_unicode(query, "the query")
+        _check_unicode(instruction, "the instruction")
         documents = list(documents)
         for i, doc in enumerate(documents):
             if not isinstance(doc, str):
                 raise InputError(f"document {i}: expected a string, got {type(doc).__name__}")
+            _check_unicode(doc, f"document {i}")
         if not documents:
             return []
         token_ids = self.prompts.build(query, documents, instruction)
@@ -141,7 +156,7 @@ class Reranker:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "Reranker":
+    def __enter__(self) -> Reranker:
         return self
 
     def __exit__(self, *exc) -> None:
