@@ -170,10 +170,10 @@ def adapted_default_dir(base_dir: Path) -> Path:
     target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{_adapter_digest()}"
     if (target / _COMPLETE_MARKER).is_file():
         return target
-    print(f"prorank-edge: applying the default reranker's adapter, cached in {target} (once)", file=sys.stderr)
     from .adapter import apply_adapter
 
-    return _build_once(target, lambda staging: apply_adapter(base_dir, DEFAULT_ADAPTER_DIR, staging))
+    return _build_once(target, lambda staging: apply_adapter(base_dir, DEFAULT_ADAPTER_DIR, staging),
+                       f"applying the default reranker's adapter, cached in {target} (once)")
 
 
 def adapted_default_gguf(base_gguf: Path) -> Path:
@@ -182,12 +182,11 @@ def adapted_default_gguf(base_gguf: Path) -> Path:
     target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{_adapter_digest()}-gguf"
     if (target / _COMPLETE_MARKER).is_file():
         return target
-    print(f"prorank-edge: applying the default reranker's adapter to {base_gguf.name}, cached in {target} (once)",
-          file=sys.stderr)
     from .gguf_adapter import apply_adapter_to_gguf
 
     return _build_once(target, lambda staging: apply_adapter_to_gguf(
-        base_gguf, DEFAULT_ADAPTER_DIR, staging / f"{SMOLLM2_CACHE_NAME}-prorank-f16.gguf"))
+        base_gguf, DEFAULT_ADAPTER_DIR, staging / f"{SMOLLM2_CACHE_NAME}-prorank-f16.gguf"),
+        f"applying the default reranker's adapter to {base_gguf.name}, cached in {target} (once)")
 
 
 def _adapter_digest() -> str:
@@ -205,15 +204,16 @@ def converted_smollm2_dir(gguf_path: Path | None = None) -> Path:
     for dep in ("gguf", "accelerate"):
         if importlib.util.find_spec(dep) is None:
             raise MissingExtraError("converting the default model", "torch", dep)
-    print(f"prorank-edge: converting {gguf_path.name} to a cached checkpoint in {target} (once)", file=sys.stderr)
     from .default_model import convert_gguf_checkpoint
 
-    return _build_once(target, lambda staging: convert_gguf_checkpoint(gguf_path, staging))
+    return _build_once(target, lambda staging: convert_gguf_checkpoint(gguf_path, staging),
+                       f"converting {gguf_path.name} to a cached checkpoint in {target} (once)")
 
 
-def _build_once(target: Path, build) -> Path:
-    """Run build(staging folder) beside `target` and rename it into place when complete."""
+def _build_once(target: Path, build, message: str) -> Path:
+    """Say `message`, run build(staging folder) beside `target` and rename it into place when complete."""
     ensure_cache_folder(target.parent)
+    print(f"prorank-edge: {message}", file=sys.stderr)
     with staged(target, folder=True) as staging:
         build(staging)
         (staging / _COMPLETE_MARKER).write_text("ok\n")
