@@ -76,7 +76,7 @@ def end_of_turn_warmup(model, token_ids: list[list[int]], labels: list[int], pos
     balanced couples. A few such steps mostly set the prior of "1" against "0" near even, which matters
     because GRPO's expected push on a binary answer scales with p(1 - p) (from a policy that answers "0" to
     everything it barely moves); a pass over the couples (100 steps for SmolLM2-135M) teaches the label
-    itself, which GRPO alone never did (README, "Evidence on a CPU"). `autocast_dtype`
+    itself, which GRPO alone never did (docs/training.md, "Evidence on a CPU"). `autocast_dtype`
     (bf16 when stage 1 runs in bf16) autocasts the forward pass, as GRPO's steps are. Returns each step's loss.
     """
     from ..contract import left_pad, position_ids

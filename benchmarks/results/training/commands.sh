@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The commands that made the figures in this folder (README, "Evidence on a CPU"), run on 2 CPU cores
+# The commands that made the figures in this folder (docs/training.md, "Evidence on a CPU"), run on 2 CPU cores
 # (a Xeon with AVX-512 and AMX: bf16 autocast; 2026-11-29). The first run's files are in first_run/.
 set -x
 # stage 1: 100 cold-start steps (label + end of turn), then 60 GRPO steps; couples with BM25 or random negatives (~23 min)
