@@ -9,7 +9,7 @@ import numpy as np
 
 from .backends import backend_class
 from .backends.base import ScoringBackend
-from .documents import unicode_problem
+from .documents import Document, unicode_problem
 from .errors import InputError, ModelNotFoundError, ProrankError
 from .models import ModelSource, resolve_model
 
@@ -161,3 +161,35 @@ class Reranker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rank_documents(reranker: Reranker, query: str, documents: Sequence[Document], instruction: str | None = None,
+                   normalize: bool = False, fusion_weight: float | None = None) -> tuple[list[dict], float | None]:
+    """Every document best first as {"rank", "id", "score", ...}, and the fusion weight that was used.
+
+    fusion_weight None: the model's own weight (from its contract) when every document carries a first-stage
+    score, else no fusion; a weight needs a score on every document.
+    """
+    from .fusion import fuse_scores
+
+    unscored = next((d for d in documents if d.score is None), None)
+    if fusion_weight is not None and unscored is not None:
+        raise InputError(f"document {unscored.id!r} (line {unscored.line}): field 'score' is missing; a fusion "
+                         "weight needs a first-stage score on every document")
+    scores = reranker.predict([(query, d.full_text) for d in documents], instruction=instruction,
+                              normalize=normalize)
+    if fusion_weight is None and unscored is None:
+        # A model that ranks worse than a first stage alone says so in its contract, with its tuned weight.
+        fusion_weight = reranker.contract.extra.get("fusion_weight")
+    final = scores if fusion_weight is None else fuse_scores([d.score for d in documents], scores, fusion_weight)
+    records = []
+    for rank, index in enumerate(np.argsort(-np.asarray(final), kind="stable"), start=1):
+        doc = documents[index]
+        record = {"rank": rank, "id": doc.id, "score": round(float(final[index]), 6)}
+        if fusion_weight is not None:
+            record.update(rerank_score=round(float(scores[index]), 6), first_stage_score=doc.score)
+        if doc.title:
+            record["title"] = doc.title
+        record["text"] = doc.text
+        records.append(record)
+    return records, fusion_weight

@@ -1,4 +1,4 @@
-"""Sub-commands that live in their own modules; the modules import only click at load time."""
+"""The sub-commands, one click module each; the modules import only click at load time, the rest when run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 
 # name -> (module, attribute)
 _COMMANDS = {
+    "rerank": ("prorank_edge.commands.rerank_cmd", "rerank_command"),
     "eval": ("prorank_edge.commands.eval_cmd", "eval_command"),
     "export": ("prorank_edge.commands.export_cmd", "export_command"),
     "bench": ("prorank_edge.commands.bench_cmd", "bench_command"),
