@@ -107,6 +107,7 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
                  data: TrainingData | None = None) -> Path:
     """Train and save the best (by dev nDCG@10; the last without dev queries) merged model in output_dir."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -116,6 +117,11 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
     if not (Path(init) / "config.json").is_file() and init == config.stage1.output_dir:
         raise ProrankError(f"stage 2 starts from stage 1's output {init}, which has no model yet: run stage 1 "
                            "first, or set stage2.init_from")
+    # Stage 1 run earlier in this process (transformers' TrainingArguments under GRPO) leaves accelerate's
+    # process-wide state behind with its own precision, and a new Accelerator refuses another one. The
+    # distributed PartialState, set up once per process, is kept.
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=stage.mixed_precision,
                               gradient_accumulation_steps=stage.gradient_accumulation_steps)
     check_process_count(accelerator.num_processes)
