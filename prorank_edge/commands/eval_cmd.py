@@ -15,6 +15,9 @@ from .options import load_reranker, model_options
               help="A BEIR dataset folder, or a BEIR dataset name (e.g. scifact) to download once into the cache.")
 @click.option("--split", default="test", show_default=True, help="The qrels split (qrels/SPLIT.tsv).")
 @click.option("--bm25-only", is_flag=True, help="Evaluate the BM25 first stage alone; needs no model.")
+@click.option("--run", "run_path", type=click.Path(dir_okay=False), default=None, metavar="RUN",
+              help="Evaluate an existing TREC run (e.g. `prorank-edge batch --trec-out`) against the split's "
+                   "qrels instead of running BM25 and a model; Recall is at --top-k.")
 @click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
               help="BM25 candidates per query (what the reranker reorders, and the Recall@k depth).")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
@@ -32,7 +35,7 @@ from .options import load_reranker, model_options
               help="Write the last system's run (fusion, reranker, or BM25 with --bm25-only) here in TREC format.")
 @click.option("--quiet", is_flag=True, help="No progress bars or status lines on stderr.")
 @model_options
-def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, fusion_weight, tune_split,
+def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, instruction, fusion_weight, tune_split,
                  tune_queries, output, run_file, quiet, model, backend, device, dtype, max_length, batch_size,
                  threads):
     """Evaluate BM25 and a ProRank reranker on a BEIR dataset split.
@@ -54,6 +57,8 @@ def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, f
 
     if bm25_only and (model is not None or fusion_weight is not None):
         raise ProrankError("--bm25-only evaluates BM25 alone; leave out --model and --fusion-weight")
+    if run_path is not None and (bm25_only or model is not None or fusion_weight is not None):
+        raise ProrankError("--run evaluates a run file alone; leave out --bm25-only, --model and --fusion-weight")
     weight = _parse_weight(fusion_weight)
     show_progress = False if quiet else None
 
@@ -63,6 +68,9 @@ def eval_command(data_spec, split, bm25_only, top_k, max_queries, instruction, f
 
     path = resolve_beir(data_spec, show_progress=show_progress)
     data = load_beir(path, split)
+    if run_path is not None:
+        _print_run_metrics(run_path, data, top_k, max_queries, output)
+        return
     subset = f" (evaluating the first {max_queries})" if max_queries and max_queries < len(data.queries) else ""
     status(f"{data.name} ({split}): {len(data.corpus)} documents, {len(data.queries)} judged queries{subset}")
 
@@ -99,3 +107,24 @@ def _parse_weight(value):
     if not 0.0 <= weight <= 1.0:
         raise ProrankError(f"--fusion-weight must be between 0 and 1, got {weight}")
     return weight
+
+
+def _print_run_metrics(run_path, data, top_k: int, max_queries: int | None, output: str) -> None:
+    from ..evaluation.metrics import evaluate_run, metric_label, read_trec_run
+
+    qids = list(data.queries)[:max_queries]
+    run = read_trec_run(run_path)
+    unjudged = sorted(set(run) - set(data.qrels))
+    # Every judged query counts (one the run lacks scores 0), as trec_eval does.
+    mean = evaluate_run({q: data.qrels[q] for q in qids}, {q: run.get(q, {}) for q in qids}, k_values=(10,),
+                        recall_k=top_k)["mean"]
+    summary = {"dataset": data.name, "split": data.split, "run": str(run_path), "queries": len(qids),
+               "queries_in_run": len(set(run) & set(qids)), "unjudged_queries_in_run": len(unjudged),
+               "metrics": mean}
+    if output == "json":
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{data.name} ({data.split}): {len(qids)} judged queries, {summary['queries_in_run']} of them in "
+               f"{run_path}")
+    click.echo("  ".join(f"{metric_label(k)} {v:.4f}" for k, v in mean.items()))
+

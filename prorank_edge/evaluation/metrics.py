@@ -6,6 +6,7 @@ ordered by score, descending, with ties broken by doc id, descending.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 
@@ -72,6 +73,42 @@ def evaluate_run(qrels: Qrels, run: Run, k_values: int | Iterable[int] = (10,),
     count = len(qrels)
     mean = {key: (sum(values.values()) / count if count else 0.0) for key, values in per_query.items()}
     return {"mean": mean, "per_query": per_query}
+
+
+def trec_run_fields(raw: bytes, where: str) -> tuple[str, str, float]:
+    """(query id, doc id, score) of one TREC run line `qid Q0 docid rank score tag`; a bad line raises naming
+    `where` (file:line)."""
+    try:
+        fields = raw.decode("utf-8").lstrip("\ufeff").split()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: invalid UTF-8 (byte {exc.start + 1} of the line)") from None
+    if len(fields) != 6:
+        raise InputError(f"{where}: expected 6 fields (qid Q0 docid rank score tag), got {len(fields)}")
+    try:
+        score = float(fields[4])
+    except ValueError:
+        raise InputError(f"{where}: score {fields[4]!r} is not a number") from None
+    if not math.isfinite(score):
+        raise InputError(f"{where}: score {fields[4]!r} is not finite")
+    return fields[0], fields[2], score
+
+
+def read_trec_run(path: str | os.PathLike) -> Run:
+    """A TREC run file as {qid: {docid: score}} (what write_trec_run writes); any bad line raises."""
+    run: dict[str, dict[str, float]] = {}
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the run file ({exc.strerror})") from None
+    with stream:
+        for number, raw in enumerate(stream, start=1):
+            if not raw.strip():
+                continue
+            qid, docid, score = trec_run_fields(raw, f"{path}:{number}")
+            if docid in run.setdefault(qid, {}):
+                raise InputError(f"{path}:{number}: doc {docid!r} appears twice for query {qid!r}")
+            run[qid][docid] = score
+    return run
 
 
 def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "prorank-edge") -> int:
