@@ -142,7 +142,7 @@ def has_default_adapter() -> bool:
 def default_model() -> ModelSource:
     """The built-in reranker: SmolLM2-135M-Instruct plus the trained adapter shipped in the package, merged
     once into a cached checkpoint, or, where torch is absent (an edge box with the gguf extra), into a cached
-    f16 GGUF built with numpy alone. The two score alike (tests/test_adapter.py)."""
+    f16 GGUF built with numpy alone. The two score alike (tests/test_gguf_adapter.py)."""
     if has_default_adapter() and _has_torch():
         return ModelSource("torch", adapted_default_dir(converted_smollm2_dir()), DEFAULT_MODEL)
     if has_default_adapter() and importlib.util.find_spec("llama_cpp") is not None:

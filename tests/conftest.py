@@ -1,9 +1,12 @@
-"""Shared fixtures: real tokenizers and models that exist on this disk, tiny random-weight models, SciFact."""
+"""Shared fixtures: real tokenizers and models that exist on this disk, tiny random-weight models, SciFact, and
+the data, artifacts and helpers that test files in more than one folder use."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
+import random
 import shutil
 from pathlib import Path
 
@@ -132,3 +135,237 @@ def with_outlier_channel(model_dir: Path, out: Path, channel: int = 5, factor: f
         return tensor
 
     return rewrite_checkpoint(model_dir, out, change)
+
+
+# ---- BEIR folders (tests/evaluation/, tests/commands/test_eval_cmd.py) ------------------------------------
+
+TINY_CORPUS = [
+    ("d1", "Coffee and sleep", "Caffeine in coffee delays sleep onset and shortens deep sleep."),
+    ("d2", "Running injuries", "Runners who run long distances often injure their knees."),
+    ("d3", "Photosynthesis", "Plants convert sunlight, water and carbon dioxide into sugar."),
+    ("d4", "", "Deep sea fish produce light through bioluminescence."),
+    ("d5", "Vaccines", "Vaccination trains the immune system to recognise a virus."),
+    ("d6", "Tea", "Green tea contains less caffeine than coffee."),
+    ("d7", "Knee surgery", "Arthroscopic knee surgery is common after sports injuries."),
+    ("d8", "Volcanoes", "Volcanic eruptions release ash and sulphur dioxide."),
+    ("d9", "Immune memory", "Memory B cells keep antibodies ready after an infection or vaccine."),
+    ("d10", "Bread", "Yeast ferments sugar and makes bread dough rise."),
+]
+# Judged queries, deliberately not in id order: load_beir must keep the qrels file order.
+TINY_QUERIES = {"q3": "how do vaccines protect against a virus", "q1": "does coffee affect sleep",
+                "q2": "knee injuries from running", "q9": "an unjudged query about volcanoes"}
+TINY_QRELS = [("q3", "d5", 2), ("q3", "d9", 1), ("q1", "d1", 1), ("q1", "d6", 0), ("q2", "d2", 1), ("q2", "d7", 1)]
+
+
+def write_tiny_beir(root: Path, qrels_lines: list[str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "corpus.jsonl", "w") as out:
+        for doc_id, title, text in TINY_CORPUS:
+            out.write(json.dumps({"_id": doc_id, "title": title, "text": text, "metadata": {}}) + "\n")
+    with open(root / "queries.jsonl", "w") as out:
+        for qid, text in TINY_QUERIES.items():
+            out.write(json.dumps({"_id": qid, "text": text, "metadata": {}}) + "\n")
+    (root / "qrels").mkdir(exist_ok=True)
+    lines = qrels_lines or [f"{q}\t{d}\t{g}" for q, d, g in TINY_QRELS]
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq9\td8\t1\n")
+    return root
+
+
+@pytest.fixture()
+def tiny_beir(tmp_path) -> Path:
+    return write_tiny_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def scifact_test(scifact_dir):
+    from prorank_edge.evaluation.beir import load_beir
+
+    return load_beir(scifact_dir, "test")
+
+
+# ---- training data (tests/train/) ------------------------------------------------------------------------
+
+TRAIN_TOPICS = ["cats purr", "dogs bark", "birds sing", "fish swim", "bees buzz", "cows moo", "frogs croak",
+                "owls hoot"]
+
+
+def write_topics_beir(root: Path) -> Path:
+    """A small BEIR folder: 8 queries, 4 documents per topic, positives graded 1-2, one judged 0 per query."""
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as corpus:
+        for t, topic in enumerate(TRAIN_TOPICS):
+            for k in range(4):
+                corpus.write(json.dumps({"_id": f"d{t}_{k}", "title": topic, "text": f"{topic} fact {k}"}) + "\n")
+    with (root / "queries.jsonl").open("w") as queries:
+        for t, topic in enumerate(TRAIN_TOPICS):
+            queries.write(json.dumps({"_id": f"q{t}", "text": f"why do {topic}"}) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"]
+    for t in range(len(TRAIN_TOPICS)):
+        lines += [f"q{t}\td{t}_0\t2", f"q{t}\td{t}_1\t1", f"q{t}\td{t}_2\t0"]
+    (root / "qrels" / "train.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_train_jsonl(path: Path, queries: int = 12) -> Path:
+    with path.open("w") as handle:
+        for i in range(queries):
+            handle.write(json.dumps({
+                "query": f"what do animals of kind {i} eat",
+                "positives": [f"animals of kind {i} eat seeds", {"text": f"kind {i} diet is grain", "grade": 2}],
+                "negatives": [f"the weather on day {j} was mild" for j in range(4)],
+            }) + "\n")
+    return path
+
+
+def checkpoint_weights(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def weights_changed(before: dict, after: dict) -> bool:
+    return any(not np.array_equal(before[k], after[k]) for k in before if k in after)
+
+
+# ---- ONNX artifacts (tests/export/test_onnx_export.py, tests/backends/test_onnx_backend.py) ---------------
+
+ONNX_PARITY_ATOL = 1e-3
+
+
+def torch_fp32_backend(model_dir, **kwargs):
+    from prorank_edge.backends.torch_backend import TorchBackend
+
+    return TorchBackend(model_dir, dtype="float32", device="cpu", **kwargs)
+
+
+def onnx_backend(path, **kwargs):
+    from prorank_edge.backends.onnx_backend import OnnxBackend
+
+    return OnnxBackend(path, **kwargs)
+
+
+def mixed_length_pairs(count: int = 16) -> list[tuple[str, str]]:
+    """Pairs whose prompts differ in length by hundreds of tokens, so a batch is mostly left padding."""
+    queries = ["what does a reranker do", "effects of vitamin D on bone density", "how do transformers attend"]
+    words = ("the model reads each document and the query together before it decides whether the passage "
+             "answers the question that was asked about proteins cells and clinical trials").split()
+    text = words * 30
+    return [(queries[i % len(queries)], " ".join(text[3 * i: 3 * i + 4 + 22 * i])) for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_onnx(tiny_qwen2_dir, tmp_path_factory) -> Path:
+    """Exported once per session."""
+    from prorank_edge.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny_qwen2"
+    export_onnx(tiny_qwen2_dir, out)
+    return out
+
+
+# ---- GGUF files (tests/export/test_gguf_export.py, tests/backends/test_gguf_backend.py) -------------------
+
+# Mixed lengths in one call: llama.cpp sees several sequences per decode, of different sizes.
+TINY_PAIRS = [
+    ("what does interleukin 6 do?", "Interleukin 6 " * k + "is a cytokine that drives fever and inflammation.")
+    for k in (1, 3, 9, 27)
+] + [
+    ("short query", "tiny"),
+    ("Does aspirin lower the risk of colorectal cancer?", "Daily aspirin cut colorectal cancer incidence by 24%."),
+    ("GPU memory", "A \t tab,  double  spaces, digits 1234567 and a newline\nsecond line."),
+    ("café naïve 東京 😀", "Unicode text: résumé, Zürich, 東京タワー, emoji 🎉."),
+] + [("q" * k, f"document number {k}. " * k) for k in range(1, 9)]
+SCIFACT_MAX_LENGTH = 256  # the SmolLM2 GGUF tests cut SciFact prompts to this
+
+
+@pytest.fixture(scope="session")
+def gguf_cache(tmp_path_factory):
+    """export_gguf once per (checkpoint, quant) for the whole session."""
+    from prorank_edge.export.gguf_export import export_gguf
+
+    root = tmp_path_factory.mktemp("gguf")
+    done: dict[tuple[str, str], tuple[Path, dict]] = {}
+
+    def export(model_dir: Path, quant: str) -> tuple[Path, dict]:
+        key = (str(model_dir), quant)
+        if key not in done:
+            path = root / f"{model_dir.name}-{quant}.gguf"
+            done[key] = (path, export_gguf(model_dir, path, quant))
+        return done[key]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def wide_qwen2_dir(qwen_tokenizer_dir, tmp_path_factory) -> Path:
+    """Random Qwen2 with the real Qwen2.5 tokenizer; 256 columns, so q4_K applies without fallback."""
+    pytest.importorskip("torch")
+    return build_tiny_model("qwen2", qwen_tokenizer_dir, tmp_path_factory.mktemp("wide_qwen2"),
+                            hidden_size=256, intermediate=512, heads=4, kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def wide_llama_dir(smollm2_dir, tmp_path_factory) -> Path:
+    """Random Llama with the real SmolLM2 tokenizer (untied head, rotary q/k permutation exercised)."""
+    return build_tiny_model("llama", smollm2_dir, tmp_path_factory.mktemp("wide_llama"),
+                            hidden_size=256, intermediate=512, heads=4, kv_heads=2)
+
+
+def scifact_gguf_pairs(scifact_dir: Path, n_queries: int = 10, negatives: int = 3, seed: int = 0):
+    """Each test query with its first relevant abstract and `negatives` random ones (fixed seed): scores that
+    should spread, as a reranker's do."""
+    corpus = {}
+    with open(scifact_dir / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            corpus[doc["_id"]] = f"{doc['title']}. {doc['text']}".strip()
+    with open(scifact_dir / "queries.jsonl", encoding="utf-8") as handle:
+        queries = {q["_id"]: q["text"] for q in map(json.loads, handle)}
+    relevant: dict[str, str] = {}
+    for line in (scifact_dir / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        query_id, corpus_id, _ = line.split("\t")
+        relevant.setdefault(query_id, corpus_id)
+    rng = random.Random(seed)
+    ids = sorted(corpus)
+    pairs = []
+    for query_id in list(relevant)[:n_queries]:
+        pairs.append((queries[query_id], corpus[relevant[query_id]]))
+        pairs.extend((queries[query_id], corpus[corpus_id]) for corpus_id in rng.sample(ids, negatives))
+    return pairs
+
+
+# ---- difference adapters (tests/test_adapter.py, tests/test_models.py, tests/test_gguf_adapter.py) --------
+
+ADAPTER_PAIRS = [("what causes influenza", "Influenza is caused by influenza viruses."),
+                 ("what causes influenza", "Paris is the capital of France."),
+                 ("tallest mountain", "Mount Everest is the highest mountain above sea level."),
+                 ("tallest mountain", "The Nile is a long river.")]
+
+
+def fine_tune(base_dir, out_dir, delta_rank: int):
+    """A copy of the base whose 2-D weights moved by a rank-`delta_rank` delta and whose norms moved too."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(base_dir, out_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                left = torch.randn(weight.shape[0], delta_rank, generator=generator)
+                right = torch.randn(delta_rank, weight.shape[1], generator=generator)
+                weight.add_(0.02 * left @ right / delta_rank)
+            else:
+                weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+# ---- document files (tests/test_cli.py, tests/test_documents.py) -----------------------------------------
+
+def write_file(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)

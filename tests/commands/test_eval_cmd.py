@@ -1,0 +1,98 @@
+"""`prorank-edge eval`: BM25 only (JSON, run file, no torch), with a tiny model, its errors, and the fusion weight
+tuned on the training split."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+from conftest import requires_torch
+
+from prorank_edge.cli import main
+from prorank_edge.commands.eval_cmd import eval_command
+from prorank_edge.errors import InputError, ProrankError
+from prorank_edge.evaluation.beir import load_beir
+
+
+def test_eval_command_bm25_only_json_and_run_file(scifact_dir, tmp_path):
+    run_file = tmp_path / "bm25.run"
+    result = CliRunner().invoke(eval_command, [
+        "--data", str(scifact_dir), "--bm25-only", "--output", "json", "--max-queries", "20",
+        "--run-file", str(run_file), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert 0.0 < summary["metrics"]["bm25"]["ndcg@10"] <= 1.0
+    assert summary["counts"]["queries"] == 20 and summary["model"] is None
+    lines = run_file.read_text().splitlines()
+    assert len(lines) == 20 * 100  # the default --top-k
+    qid, q0, docid, rank, score, tag = lines[0].split()
+    assert (qid, q0, rank, tag) == ("1", "Q0", "1", "prorank-edge-bm25") and docid in load_beir(scifact_dir).corpus
+    float(score)
+
+
+def test_eval_command_table_with_tiny_model(tiny_beir, tiny_qwen2_dir):
+    result = CliRunner().invoke(eval_command, [
+        "--data", str(tiny_beir), "--model", str(tiny_qwen2_dir), "--top-k", "4", "--batch-size", "3", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.stdout.splitlines()[3:5]]
+    assert rows == ["bm25", "reranker"]
+
+
+def test_eval_command_errors_are_prorank_errors(tiny_beir):
+    runner = CliRunner()
+    result = runner.invoke(eval_command, ["--data", str(tiny_beir), "--bm25-only", "--model", "x"])
+    assert isinstance(result.exception, ProrankError) and "--bm25-only" in str(result.exception)
+    result = runner.invoke(eval_command, ["--data", str(tiny_beir), "--split", "train", "--bm25-only"])
+    assert isinstance(result.exception, InputError) and "splits here: dev, test" in str(result.exception)
+
+
+def test_bm25_only_does_not_import_torch(tiny_beir):
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from prorank_edge.commands.eval_cmd import eval_command\n"
+        f"result = CliRunner().invoke(eval_command, ['--data', {str(tiny_beir)!r}, '--bm25-only', '--quiet'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@requires_torch
+def test_eval_fusion_auto_tunes_on_train(tiny_qwen2_dir, scifact_dir):
+    base = ["eval", "--data", str(scifact_dir), "-m", str(tiny_qwen2_dir), "--dtype", "float32",
+            "--max-queries", "3", "--top-k", "5", "--quiet"]
+    result = CliRunner().invoke(main, base + ["--fusion-weight", "auto", "--tune-queries", "3", "--output", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report["metrics"]) == {"bm25", "reranker", "fusion"}
+    assert report["fusion"]["tuned_on"] == "train" and report["fusion"]["tune_queries"] == 3
+    assert report["fusion"]["weight"] in [float(w) for w in report["fusion"]["ndcg@10_by_weight"]]
+    bad = CliRunner().invoke(main, base + ["--fusion-weight", "auto", "--tune-split", "test"])
+    assert bad.exit_code == 2 and "--tune-split must differ" in bad.output
+
+
+def test_eval_reads_a_run_file_back(scifact_dir, tmp_path):
+    """What `eval --run-file` (or `batch --trec-out`) wrote scores the same through `eval --run`."""
+    run_file = tmp_path / "bm25.run"
+    written = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--bm25-only", "--max-queries", "30",
+                                        "--top-k", "50", "--run-file", str(run_file), "--output", "json", "--quiet"])
+    assert written.exit_code == 0, written.output
+    expected = json.loads(written.stdout)["metrics"]["bm25"]
+    read = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--run", str(run_file), "--max-queries", "30",
+                                     "--top-k", "50", "--output", "json", "--quiet"])
+    assert read.exit_code == 0, read.output
+    summary = json.loads(read.stdout)
+    assert summary["queries"] == summary["queries_in_run"] == 30
+    assert summary["metrics"] == expected
+    bad = tmp_path / "bad.run"
+    bad.write_text(run_file.read_text().splitlines()[0] + "\n1 Q0 4983 2 not-a-number tag\n")
+    result = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--run", str(bad)])
+    assert result.exit_code == 2 and f"{bad}:2: score 'not-a-number' is not a number" in result.output
+    both = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--run", str(run_file), "--bm25-only"])
+    assert both.exit_code == 2 and "--run evaluates a run file alone" in both.output

@@ -1,0 +1,60 @@
+"""What both training stages share (train/common.py): the LoRA merge into a plain checkpoint, and refusing a
+launch whose processes accelerate does not join."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import checkpoint_weights, requires_torch, weights_changed
+
+pytest.importorskip("yaml")
+
+from prorank_edge.train.data import Passage  # noqa: E402
+
+
+@requires_torch
+def test_lora_merge_saves_a_plain_checkpoint_that_scores_like_the_merged_model(tiny_qwen2_dir, tmp_path):
+    import torch
+    from peft import get_peft_model
+
+    from prorank_edge.backends.torch_backend import TorchBackend
+    from prorank_edge.reranker import Reranker
+    from prorank_edge.train.common import load_model_and_tokenizer, merged_copy, peft_config, save_checkpoint
+    from prorank_edge.train.config import LoraConfig
+    from prorank_edge.train.stage2_listwise import GroupScorer, _grades, group_scores, listwise_loss
+
+    model, tokenizer, prompts = load_model_and_tokenizer(str(tiny_qwen2_dir), 96)
+    model = get_peft_model(model, peft_config(LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)))
+    groups = [("what do cats eat", [Passage("cats eat fish", 1.0), Passage("it rained", 0.0)])]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id)
+    for _ in range(2):  # LoRA's B starts at zero: the second step makes the adapter non-trivial
+        listwise_loss(group_scores(scorer, prompts, groups, "cpu"), _grades(groups))[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = save_checkpoint(model, tokenizer, prompts.contract, tmp_path / "merged")
+    assert {"config.json", "model.safetensors", "prorank_contract.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    assert not any("lora" in k for k in checkpoint_weights(out)), "the saved weights still hold LoRA tensors"
+    assert weights_changed(checkpoint_weights(Path(tiny_qwen2_dir)), checkpoint_weights(out))
+
+    pairs = [("what do cats eat", "cats eat fish"), ("what do cats eat", "it rained all day")]
+    in_memory = Reranker.from_backend(TorchBackend(str(tiny_qwen2_dir), model=merged_copy(model),
+                                                   tokenizer=tokenizer, dtype="float32", device="cpu"))
+    loaded = Reranker(str(out), dtype="float32", device="cpu")
+    assert loaded.contract.max_length == 96
+    np.testing.assert_allclose(loaded.predict(pairs), in_memory.predict(pairs), rtol=1e-5, atol=1e-5)
+
+
+def test_a_launch_that_accelerate_does_not_join_is_refused(monkeypatch):
+    from prorank_edge.errors import ProrankError
+    from prorank_edge.train.common import check_process_count
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ProrankError, match="ACCELERATE_USE_CPU=1"):
+        check_process_count(1)  # what accelerate reports for each of 2 CPU processes it was not told to join
+    check_process_count(2)
+    monkeypatch.delenv("WORLD_SIZE")
+    check_process_count(1)

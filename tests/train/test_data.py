@@ -1,0 +1,76 @@
+"""Training data (train/data.py): BEIR mining that keeps grades and never mines a judged document as a negative,
+balanced pairs, listwise groups, and JSONL errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import write_topics_beir, write_train_jsonl
+
+pytest.importorskip("yaml")
+
+from prorank_edge.errors import InputError  # noqa: E402
+from prorank_edge.train.config import DataConfig  # noqa: E402
+from prorank_edge.train.data import Passage, balanced_pairs, from_beir, listwise_groups, read_jsonl_groups  # noqa: E402
+
+
+def test_beir_mining_keeps_grades_and_never_uses_judged_documents_as_negatives(tmp_path):
+    pytest.importorskip("bm25s")
+    from prorank_edge.evaluation.beir import load_beir
+
+    data = load_beir(write_topics_beir(tmp_path / "beir"), "train")
+    config = DataConfig(hard_negatives=3, random_negatives=2, bm25_depth=10, dev_queries=2, dev_top_k=5)
+    mined = from_beir(data, config, seed=1)
+    assert len(mined.groups) == 6 and len(mined.dev) == 2
+    assert not {g.query_id for g in mined.groups} & {d.query_id for d in mined.dev}
+    for group in mined.groups:
+        judged = set(data.qrels[group.query_id])
+        assert {(p.doc_id, p.grade) for p in group.positives} == {
+            (d, float(g)) for d, g in data.qrels[group.query_id].items() if g > 0}
+        negative_ids = [n.doc_id for n in group.negatives]
+        assert len(negative_ids) == 5 and len(set(negative_ids)) == 5
+        assert not judged & set(negative_ids), "a judged document (even grade 0) was mined as a negative"
+    again = from_beir(data, config, seed=1)
+    assert [[n.doc_id for n in g.negatives] for g in again.groups] == [[n.doc_id for n in g.negatives]
+                                                                       for g in mined.groups]
+
+
+def test_balanced_pairs_and_listwise_groups():
+    from prorank_edge.train.data import QueryGroup
+
+    groups = [QueryGroup("a", "q", [Passage("p1", 1.0), Passage("p2", 2.0)], [Passage(f"n{i}") for i in range(5)]),
+              QueryGroup("b", "r", [Passage(f"r{i}", 1.0) for i in range(3)], [Passage("m0")]),
+              QueryGroup("c", "s", [Passage("s1", 1.0)], [])]
+    pairs = balanced_pairs(groups, seed=0)
+    # every positive kept, each followed by a negative of its own query (m0 reused); a query without negatives
+    # gives none, so no step sees a lone label
+    assert sorted(d for _, d, y in pairs if y) == ["p1", "p2", "r0", "r1", "r2"]
+    couples = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
+    assert all(p[2] == 1 and n[2] == 0 and p[0] == n[0] for p, n in couples)
+    assert [n[1] for p, n in couples if p[0] == "r"] == ["m0"] * 3
+    assert len({n[1] for p, n in couples if p[0] == "q"}) == 2
+    assert balanced_pairs(groups, seed=0) == pairs
+    lists = listwise_groups(groups[:1], positives_per_group=1, negatives_per_group=3, seed=0)
+    assert len(lists) == 2 and all(len(p) == 4 and p[0].grade > 0 and p[1].grade == 0 for _, p in lists)
+
+
+def test_jsonl_reading_and_errors_name_file_and_line(tmp_path):
+    groups = read_jsonl_groups(write_train_jsonl(tmp_path / "ok.jsonl", queries=2))
+    assert [p.grade for p in groups[0].positives] == [1.0, 2.0] and len(groups[0].negatives) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "positives": ["a"], "negatives": ["b"]}) + "\n"
+                   + json.dumps({"query": "q", "positives": [{"text": "a", "grade": 0}], "negatives": ["b"]}) + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: field 'positives'\[0\]\.grade"):
+        read_jsonl_groups(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:1: invalid JSON"):
+        read_jsonl_groups(bad)
+
+
+def test_a_lone_surrogate_in_training_jsonl_names_the_nested_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "positives": ["fine", "\\ud800"], "negatives": ["n"]}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl:1: field 'positives\[1\]': invalid Unicode"):
+        read_jsonl_groups(bad)
+
