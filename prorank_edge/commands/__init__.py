@@ -11,6 +11,7 @@ _COMMANDS = {
     "export": ("prorank_edge.commands.export_cmd", "export_command"),
     "bench": ("prorank_edge.commands.bench_cmd", "bench_command"),
     "train": ("prorank_edge.commands.train_cmd", "train_group"),
+    "serve": ("prorank_edge.commands.serve_cmd", "serve_command"),
 }
 
 

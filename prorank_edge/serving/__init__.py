@@ -1,0 +1,1 @@
+"""`prorank-edge serve`: the HTTP reranking server (FastAPI on uvicorn) and its dynamic batcher."""
