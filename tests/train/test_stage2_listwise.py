@@ -111,10 +111,12 @@ def test_stage2_trains_saves_and_resumes(tiny_qwen2_dir, tmp_path):
 def test_stage2_after_another_precision_in_the_same_process(tiny_qwen2_dir, tmp_path):
     """Stage 1 then stage 2 from Python: stage 1 leaves accelerate's state at bf16; stage 2 in fp32 must still run."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from prorank_edge.train.stage2_listwise import train_stage2
 
-    Accelerator(mixed_precision="bf16", cpu=True)  # what stage 1's GRPO leaves behind
+    AcceleratorState._reset_state()  # whatever an earlier test left, then what stage 1's GRPO leaves behind
+    Accelerator(mixed_precision="bf16", cpu=True)
     data = write_train_jsonl(tmp_path / "train.jsonl", queries=6)
     out = train_stage2(load_config(None, [
         "model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=2",
