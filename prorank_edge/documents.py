@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,21 +43,27 @@ def _read_bytes(path: str) -> tuple[bytes, str]:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def load_documents(path: str) -> list[Document]:
-    """Documents from a JSONL file (`-` for stdin): one object per line with `id` (or BEIR `_id`) and `text`,
-    optional `title` and first-stage `score`. A missing id becomes the line number. Blank lines are skipped."""
-    data, name = _read_bytes(path)
-    documents: list[Document] = []
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+def text_lines(raw_lines: Iterable[bytes], name: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, decoded one by one so an error names the line; a byte-order
+    mark on the first line is dropped."""
+    for number, raw in enumerate(raw_lines, start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InputError(f"{name}:{number}: invalid UTF-8 (byte {exc.start + 1} of the line)") from None
         if number == 1:
             line = line.lstrip("\ufeff")
-        if not line.strip():
-            continue
+        if line.strip():
+            yield number, line.rstrip("\r\n")
+
+
+def load_documents(path: str) -> list[Document]:
+    """Documents from a JSONL file (`-` for stdin): one object per line with `id` (or BEIR `_id`) and `text`,
+    optional `title` and first-stage `score`. A missing id becomes the line number. Blank lines are skipped."""
+    data, name = _read_bytes(path)
+    documents: list[Document] = []
+    seen: dict[str, int] = {}
+    for number, line in text_lines(data.split(b"\n"), name):
         doc = parse_document(line, name, number)
         if doc.id in seen:
             raise InputError(f"{name}:{number}: field 'id': duplicate id {doc.id!r} (first on line {seen[doc.id]})")

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..documents import parse_json_object
+from ..documents import parse_json_object, text_lines
 from ..errors import InputError
 from .config import DataConfig
 
@@ -174,14 +174,8 @@ def read_jsonl_groups(path: str | Path) -> list[QueryGroup]:
         raise InputError(f"{path}: no such file")
     groups = []
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, line in text_lines(handle, str(path)):
             where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8").lstrip("\ufeff")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{where}: invalid UTF-8 (byte {exc.start + 1} of the line)") from None
-            if not line.strip():
-                continue
             record = parse_json_object(line, where)
             unknown = sorted(set(record) - {"query", "positives", "negatives", "id"})
             if unknown:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..documents import Document, parse_document
+from ..documents import Document, parse_document, text_lines
 from ..errors import InputError, ProrankError
 
 BEIR_BASE_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
@@ -80,17 +80,8 @@ def load_beir(path: str | os.PathLike, split: str = "test") -> BeirData:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) for each non-blank line, decoding per line so an error can name the line."""
     with open(path, "rb") as stream:
-        for number, raw in enumerate(stream, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{number}: invalid UTF-8 (byte {exc.start + 1} of the line)") from None
-            if number == 1:
-                line = line.lstrip("\ufeff")
-            if line.strip():
-                yield number, line.rstrip("\r\n")
+        yield from text_lines(stream, str(path))
 
 
 def _read_jsonl_records(path: Path) -> dict[str, Document]:
