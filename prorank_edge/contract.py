@@ -284,3 +284,38 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     if current:
         batches.append(current)
     return batches
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of the token ids, leaving every sequence at least one token.
+
+    Taken from the ids, not from the template, so a tokenizer that merges across a piece boundary is still
+    exact. The last token must stay out of the prefix: the score is read where it is computed.
+    """
+    if not sequences:
+        return 0
+    first = sequences[0]
+    limit = min(len(s) for s in sequences) - 1
+    length = 0
+    while length < limit and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return max(length, 0)
+
+
+def prefix_batches(token_ids: Sequence[Sequence[int]], groups: Sequence | None, batch_size: int,
+                   max_tokens: int | None = None) -> list[tuple[int, list[int]]]:
+    """(shared prefix length, indices) batches: prompts of one group (one query) only, similar lengths together.
+
+    The prefix is common to the whole group, so a backend that keeps the last prefix's keys/values computes it
+    once per query however many batches its candidates fill. `groups` is a key per prompt (None: one group).
+    """
+    members: dict = {}
+    for index, key in enumerate(groups if groups is not None else [None] * len(token_ids)):
+        members.setdefault(key, []).append(index)
+    out: list[tuple[int, list[int]]] = []
+    for indices in members.values():
+        # One candidate shares nothing with anyone: a prefix pass would only add a call.
+        prefix = shared_prefix_length([token_ids[i] for i in indices]) if len(indices) > 1 else 0
+        for batch in length_batches([len(token_ids[i]) for i in indices], batch_size, max_tokens):
+            out.append((prefix, [indices[k] for k in batch]))
+    return out

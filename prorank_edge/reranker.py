@@ -40,11 +40,14 @@ class Reranker:
     backend: "auto" (picked from the model), "torch", "onnx" or "gguf".
     device: "auto", "cpu", "cuda", "cuda:N".
     max_length: whole prompt length in tokens, template included (default: the model's contract, 512).
+    prefix_cache: compute the prompt prefix that a query's candidates share (system prompt, instruction,
+        query) once per query and score only each document's remaining tokens against its keys/values;
+        exact, so on by default. describe() reports tokens computed against tokens in the prompts.
     """
 
     def __init__(self, model: str | None = None, backend: str = "auto", device: str = "auto",
                  max_length: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "auto",
-                 threads: int | None = None, **backend_options):
+                 threads: int | None = None, prefix_cache: bool = True, **backend_options):
         self.source: ModelSource = resolve_model(model)
         name = self.source.kind if backend in (None, "auto") else backend
         if name != self.source.kind:
@@ -55,6 +58,7 @@ class Reranker:
         if batch_size < 1:
             raise ProrankError("batch_size must be at least 1")
         self.batch_size = batch_size
+        self.prefix_cache = bool(prefix_cache)
         options = dict(max_length=max_length, device=device, threads=threads, **backend_options)
         if name == "torch":
             options["dtype"] = dtype
@@ -69,12 +73,14 @@ class Reranker:
                                      f"{str(exc).splitlines()[0] if str(exc) else 'no details'})") from exc
 
     @classmethod
-    def from_backend(cls, backend: ScoringBackend, batch_size: int = DEFAULT_BATCH_SIZE) -> Reranker:
+    def from_backend(cls, backend: ScoringBackend, batch_size: int = DEFAULT_BATCH_SIZE,
+                     prefix_cache: bool = True) -> Reranker:
         """Wrap an already built backend (e.g. a model held in memory during training)."""
         self = cls.__new__(cls)
         self.source = None
         self.backend = backend
         self.batch_size = batch_size
+        self.prefix_cache = bool(prefix_cache)
         return self
 
     @property
@@ -87,16 +93,28 @@ class Reranker:
 
     # ---- scoring ----------------------------------------------------------------------------------------
     def score_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
-                        show_progress_bar: bool | None = None) -> np.ndarray:
-        """Raw scores for prompts that are already token ids, in their order (batched by length)."""
-        from .contract import length_batches
+                        show_progress_bar: bool | None = None, groups: Sequence | None = None) -> np.ndarray:
+        """Raw scores for prompts that are already token ids, in their order (batched by length).
+
+        groups: a key per prompt (e.g. its query); with the prefix cache on, a batch holds one group only and
+        the group's shared prefix is computed once. None: all prompts form one group.
+        """
+        from .contract import length_batches, prefix_batches
 
         scores = np.empty(len(token_ids), dtype=np.float32)
-        batches = length_batches([len(t) for t in token_ids], batch_size or self.batch_size,
-                                 self.backend.max_batch_tokens)
+        size = batch_size or self.batch_size
+        reuse = self.prefix_cache and self.backend.reuses_prefix
+        if reuse:
+            batches = prefix_batches(token_ids, groups, size, self.backend.max_batch_tokens)
+        else:
+            batches = [(0, b) for b in length_batches([len(t) for t in token_ids], size, self.backend.max_batch_tokens)]
         with _progress(len(token_ids), show_progress_bar, "scoring") as bar:
-            for batch in batches:
-                scores[batch] = self.backend.score_batch([token_ids[i] for i in batch])
+            for prefix, batch in batches:
+                if prefix:
+                    head = token_ids[batch[0]][:prefix]
+                    scores[batch] = self.backend.score_with_prefix(head, [token_ids[i][prefix:] for i in batch])
+                else:
+                    scores[batch] = self.backend.score_batch([token_ids[i] for i in batch])
                 bar.update(len(batch))
         return scores
 
@@ -113,7 +131,8 @@ class Reranker:
         _check_unicode(instruction, "the instruction")
         if not pairs:
             return np.empty(0, dtype=np.float32)
-        scores = self.score_token_ids(self.prompts.build_pairs(pairs, instruction), batch_size, show_progress_bar)
+        scores = self.score_token_ids(self.prompts.build_pairs(pairs, instruction), batch_size, show_progress_bar,
+                                      groups=[query for query, _ in pairs])
         return self.contract.normalize(scores) if normalize else scores
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
@@ -151,6 +170,11 @@ class Reranker:
         info = self.backend.describe()
         info["max_length"] = self.contract.max_length
         info["batch_size"] = self.batch_size
+        info["prefix_cache"] = self.prefix_cache and self.backend.reuses_prefix
+        counts = self.backend.token_counts
+        info.update(counts)
+        if counts["prompt_tokens"]:
+            info["computed_share"] = round(counts["computed_tokens"] / counts["prompt_tokens"], 4)
         return info
 
     def close(self) -> None:

@@ -17,9 +17,13 @@ class ScoringBackend(ABC):
     name: str = ""
     #: cap on batch_size x longest prompt per forward pass (activation memory); None means no cap
     max_batch_tokens: int | None = None
+    #: True where score_with_prefix computes a shared prefix once; otherwise it scores whole prompts
+    reuses_prefix: bool = False
 
     def __init__(self, tokenizer, contract: ScoringContract | None = None, max_length: int | None = None):
         self.prompts = PromptBuilder(tokenizer, contract, max_length=max_length)
+        # Tokens in the prompts scored, and tokens the model actually ran (fewer when a prefix is reused).
+        self.token_counts = {"prompt_tokens": 0, "computed_tokens": 0}
 
     @property
     def contract(self) -> ScoringContract:
@@ -28,6 +32,14 @@ class ScoringBackend(ABC):
     @abstractmethod
     def score_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Raw scores (logit(positive) - logit(negative) at the last position), float32, one per sequence."""
+
+    def score_with_prefix(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> np.ndarray:
+        """Scores of the prompts prefix + suffix (every suffix non-empty); this fallback joins and scores them."""
+        return self.score_batch([list(prefix) + list(s) for s in suffixes])
+
+    def count_tokens(self, prompt: int, computed: int) -> None:
+        self.token_counts["prompt_tokens"] += int(prompt)
+        self.token_counts["computed_tokens"] += int(computed)
 
     def describe(self) -> dict:
         """What ran, for logs and benchmark reports."""

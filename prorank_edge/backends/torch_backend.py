@@ -77,6 +77,40 @@ def last_position_scores(body, head_row: torch.Tensor, head_offset: torch.Tensor
     return hidden.float() @ head_row.to(hidden.device) + head_offset.to(hidden.device)
 
 
+def prefix_key_values(body, prefix_ids) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Per-layer (keys, values) of one prompt prefix [1, P], positions 0..P-1."""
+    out = body(input_ids=prefix_ids, use_cache=True)
+    cache = out.past_key_values
+    return tuple((layer.keys, layer.values) for layer in cache.layers) if hasattr(cache, "layers") \
+        else tuple((k, v) for k, v in cache)
+
+
+def suffix_scores(body, head_row: torch.Tensor, head_offset: torch.Tensor, prefix_kv, suffix_ids, suffix_lengths
+                  ) -> torch.Tensor:
+    """Scores of prefix + suffix prompts, computing only the suffixes against the prefix's keys/values.
+
+    suffix_ids [batch, S] are right-padded: every suffix starts at position P (the prefix length), so positions
+    are exact without per-row shifts, and the pads after a row's last token are never seen by it (causal) and
+    masked for the rest. The prefix keys/values are expanded (a view, no copy) across the batch.
+    """
+    from transformers import DynamicCache
+
+    batch, width = suffix_ids.shape
+    prefix_length = prefix_kv[0][0].shape[-2]
+    device = suffix_ids.device
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(prefix_kv):
+        cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer)
+    steps = torch.arange(width, device=device)
+    real = (steps.unsqueeze(0) < suffix_lengths.unsqueeze(1)).long()
+    mask = torch.cat([torch.ones(batch, prefix_length, dtype=torch.long, device=device), real], dim=1)
+    positions = (prefix_length + steps).unsqueeze(0).expand(batch, -1)
+    hidden = body(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                  cache_position=prefix_length + steps, use_cache=True).last_hidden_state
+    last = hidden[torch.arange(batch, device=device), suffix_lengths - 1]
+    return last.float() @ head_row.to(device) + head_offset.to(device)
+
+
 def model_body(model):
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     if body is None:
@@ -86,6 +120,7 @@ def model_body(model):
 
 class TorchBackend(ScoringBackend):
     name = "torch"
+    reuses_prefix = True
 
     def __init__(self, model_path: str | Path, contract: ScoringContract | None = None, max_length: int | None = None,
                  device: str = "auto", dtype: str = "auto", threads: int | None = None, model=None, tokenizer=None):
@@ -112,6 +147,8 @@ class TorchBackend(ScoringBackend):
         self.head_offset = self.head_offset.to(self.device)
         # Bound activation memory on the CPU; a GPU takes bigger batches.
         self.max_batch_tokens = 1 << 18 if self.device.type == "cuda" else 1 << 15
+        # The last prefix's keys/values: a query's candidates fill several batches, its prefix runs once.
+        self._prefix: tuple[tuple[int, ...], tuple] | None = None
 
     @torch.inference_mode()
     def score_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -119,6 +156,25 @@ class TorchBackend(ScoringBackend):
         positions = position_ids(mask)
         to = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
         scores = last_position_scores(self.body, self.head_row, self.head_offset, to(ids), to(mask), to(positions))
+        total = int(mask.sum())
+        self.count_tokens(total, total)
+        return scores.cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def score_with_prefix(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> np.ndarray:
+        key = tuple(prefix)
+        computed = sum(len(s) for s in suffixes)
+        if self._prefix is None or self._prefix[0] != key:
+            ids = torch.tensor([key], dtype=torch.long, device=self.device)
+            self._prefix = (key, prefix_key_values(self.body, ids))
+            computed += len(key)
+        lengths = [len(s) for s in suffixes]
+        ids = np.zeros((len(suffixes), max(lengths)), dtype=np.int64)
+        for row, suffix in enumerate(suffixes):
+            ids[row, : len(suffix)] = suffix
+        scores = suffix_scores(self.body, self.head_row, self.head_offset, self._prefix[1],
+                               torch.from_numpy(ids).to(self.device), torch.tensor(lengths, device=self.device))
+        self.count_tokens(len(key) * len(suffixes) + sum(lengths), computed)
         return scores.cpu().numpy().astype(np.float32)
 
     def describe(self) -> dict:
@@ -126,7 +182,7 @@ class TorchBackend(ScoringBackend):
                 "threads": torch.get_num_threads(), "model": self.model_path}
 
     def close(self) -> None:
-        self.model = self.body = None
+        self.model = self.body = self._prefix = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
