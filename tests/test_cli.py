@@ -92,6 +92,13 @@ def test_rerank_outputs_every_document_once(tiny_qwen2_dir, tmp_path):
     table = run(common)
     assert table.exit_code == 0 and table.output.splitlines()[0].split()[:3] == ["rank", "id", "score"]
     assert len(table.output.strip().splitlines()) == 8
+    # the shared prompt prefix ran once; --no-prefix-cache runs every prompt whole, to the same ranking
+    assert payload["model"]["prefix_cache"] is True
+    assert payload["model"]["computed_tokens"] < payload["model"]["prompt_tokens"]
+    whole = json.loads(run(common + ["--output", "json", "--no-prefix-cache"]).output)
+    assert whole["model"]["prefix_cache"] is False
+    assert whole["model"]["computed_tokens"] == whole["model"]["prompt_tokens"] == payload["model"]["prompt_tokens"]
+    assert [r["id"] for r in whole["results"]] == ids
 
 
 def test_help_and_import_stay_light():

@@ -22,6 +22,7 @@ class ScoringSpec:
     max_length: int | None = None
     batch_size: int = 16
     threads: int | None = None
+    prefix_cache: bool = True
     instruction: str | None = None
     normalize: bool = False
     fusion_weight: float | None = None
@@ -30,7 +31,8 @@ class ScoringSpec:
         from ..reranker import Reranker
 
         return Reranker(self.model, backend=self.backend, device=self.device, dtype=self.dtype,
-                        max_length=self.max_length, batch_size=self.batch_size, threads=self.threads)
+                        max_length=self.max_length, batch_size=self.batch_size, threads=self.threads,
+                        prefix_cache=self.prefix_cache)
 
     def resolved(self) -> ScoringSpec:
         """A model path made absolute: workers and Ray actors may run in another folder than the command."""
@@ -38,8 +40,9 @@ class ScoringSpec:
         return self.with_changes(model=str(path.resolve())) if path is not None and path.exists() else self
 
     def manifest_options(self) -> dict:
-        """What decides the scores, so a resumed job must match it. Device, threads and batch size are left out:
-        they change how fast, not what (beyond float rounding), and a job may resume on other hardware."""
+        """What decides the scores, so a resumed job must match it. Device, threads, batch size and the prefix
+        cache are left out: they change how fast, not what (beyond float rounding), and a job may resume on other
+        hardware."""
         return {"model": self.resolved().model, "backend": self.backend, "dtype": self.dtype,
                 "max_length": self.max_length, "instruction": self.instruction, "normalize": self.normalize,
                 "fusion_weight": self.fusion_weight}

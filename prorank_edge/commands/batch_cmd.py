@@ -55,7 +55,7 @@ SKIPPED_IN_MESSAGE = 3
 @model_options
 def batch_command(input_path, input_format, run_path, data_dir, output_path, output_format, trec_out, engine,
                   ray_address, workers, shard_size, resume, keep_shards, instruction, normalize, fusion_weight,
-                  progress, quiet, model, backend, device, dtype, max_length, batch_size, threads):
+                  progress, quiet, model, backend, device, dtype, max_length, batch_size, threads, prefix_cache):
     """Rerank every query's candidates in a file and write one row per pair, plus a JSON summary on stdout.
 
     The input is validated first; a bad query is reported by line and id, left out, and the job scores the
@@ -92,7 +92,8 @@ def batch_command(input_path, input_format, run_path, data_dir, output_path, out
         output_format=pick_format(output, output_format),
         trec_out=Path(trec_out) if trec_out else None,
         spec=ScoringSpec(model=model, backend=backend, device=device, dtype=dtype, max_length=max_length,
-                         batch_size=batch_size, threads=threads, instruction=instruction, normalize=normalize,
+                         batch_size=batch_size, threads=threads, prefix_cache=prefix_cache, instruction=instruction,
+                         normalize=normalize,
                          fusion_weight=fusion_weight),
         engine=engine, workers=workers, ray_address=ray_address, shard_size=shard_size or DEFAULT_SHARD_SIZE,
         resume=resume, keep_shards=keep_shards, progress=False if quiet else progress,

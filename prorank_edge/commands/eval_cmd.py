@@ -37,7 +37,7 @@ from .options import load_reranker, model_options
 @model_options
 def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, instruction, fusion_weight, tune_split,
                  tune_queries, output, run_file, quiet, model, backend, device, dtype, max_length, batch_size,
-                 threads):
+                 threads, prefix_cache):
     """Evaluate BM25 and a ProRank reranker on a BEIR dataset split.
 
     BM25 (Lucene variant, k1=1.5, b=0.75, English stopwords and stemming) retrieves the top --top-k
@@ -78,7 +78,8 @@ def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, inst
         report = evaluate_reranker(data, None, top_k=top_k, max_queries=max_queries, show_progress=show_progress)
     else:
         tune_data = load_beir(path, tune_split) if weight == "auto" else None
-        with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
+        with load_reranker(model, backend, device, dtype, max_length, batch_size, threads,
+                       prefix_cache) as reranker:
             report = evaluate_with_fusion(data, reranker, top_k=top_k, max_queries=max_queries,
                                           instruction=instruction, fusion_weight=weight, tune_data=tune_data,
                                           tune_queries=tune_queries, show_progress=show_progress, status=status)

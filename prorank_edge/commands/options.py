@@ -8,7 +8,7 @@ from ..backends import BACKEND_NAMES
 
 
 def model_options(func):
-    """--model, --backend, --device, --dtype, --max-length, --batch-size, --threads."""
+    """--model, --backend, --device, --dtype, --max-length, --batch-size, --threads, --prefix-cache."""
     options = [
         click.option("--model", "-m", default=None, metavar="M",
                      help="Checkpoint folder, exported artifact (.gguf file or ONNX folder), or Hub id such as "
@@ -25,14 +25,18 @@ def model_options(func):
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                      help="Prompts per forward pass."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all)."),
+        click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
+                     help="Compute the prompt prefix a query's documents share (system prompt, instruction, "
+                          "query) once per query and run only each document's own tokens; exact, so on by "
+                          "default. Off scores every prompt whole."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def load_reranker(model, backend, device, dtype, max_length, batch_size, threads):
+def load_reranker(model, backend, device, dtype, max_length, batch_size, threads, prefix_cache=True):
     from ..reranker import Reranker
 
     return Reranker(model, backend=backend, device=device, dtype=dtype, max_length=max_length,
-                    batch_size=batch_size, threads=threads)
+                    batch_size=batch_size, threads=threads, prefix_cache=prefix_cache)

@@ -33,7 +33,7 @@ def _snippet(text: str, width: int) -> str:
                    "carries a score, else no blending; 1 ranks by the reranker alone.")
 @model_options
 def rerank_command(query, docs_path, top_k, instruction, output_format, normalize, fusion_weight, model, backend,
-                   device, dtype, max_length, batch_size, threads):
+                   device, dtype, max_length, batch_size, threads, prefix_cache):
     """Rerank documents for a query, best first.
 
     Every document appears exactly once in the output (unless --top-k cuts the list). The score is
@@ -56,7 +56,8 @@ def rerank_command(query, docs_path, top_k, instruction, output_format, normaliz
     if fusion_weight is not None and unscored is not None:
         raise InputError(f"{docs_path}:{unscored.line}: field 'score' is missing; --fusion-weight needs a "
                          "first-stage score on every document")
-    with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
+    with load_reranker(model, backend, device, dtype, max_length, batch_size, threads,
+                       prefix_cache) as reranker:
         records, fusion_weight = rank_documents(reranker, query, documents, instruction=instruction,
                                                 normalize=normalize, fusion_weight=fusion_weight)
         info = reranker.describe()

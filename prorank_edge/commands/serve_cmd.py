@@ -37,7 +37,7 @@ _SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus_client
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log one line per request.")
 @model_options
 def serve_command(host, port, max_batch_tokens, max_wait_ms, max_queue, max_documents, max_request_bytes, model_name,
-                  log_level, access_log, model, backend, device, dtype, max_length, batch_size, threads):
+                  log_level, access_log, model, backend, device, dtype, max_length, batch_size, threads, prefix_cache):
     """Serve a reranker over HTTP (needs the serve extra: pip install 'prorank-edge[serve]').
 
     \b
@@ -66,7 +66,8 @@ def serve_command(host, port, max_batch_tokens, max_wait_ms, max_queue, max_docu
 
     sock = bind_socket(host, port)
     try:
-        with load_reranker(model, backend, device, dtype, max_length, batch_size, threads) as reranker:
+        with load_reranker(model, backend, device, dtype, max_length, batch_size, threads,
+                       prefix_cache) as reranker:
             source = reranker.source
             settings = ServeSettings(
                 model_name=model_name or (source.name if source is not None else model) or "prorank-edge",

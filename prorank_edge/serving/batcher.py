@@ -2,7 +2,9 @@
 
 Requests hand in their prompts' token ids and await a future. The worker thread takes everything queued at once,
 groups it by length with `contract.length_batches` (the bucketing every backend uses offline), so one forward
-pass may hold documents of several requests, and writes each score back to its own (request, index) slot. A
+pass may hold documents of several requests, and writes each score back to its own (request, index) slot. With
+the backend's prefix reuse on, a pass holds one request's documents only (`contract.prefix_batches`), so their
+shared prompt prefix is computed once per request. A
 request whose client went away is cancelled: what it still had queued is dropped before scoring, never scored.
 The event loop only queues and awaits, so it never blocks on the model.
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..contract import length_batches
+from ..contract import length_batches, prefix_batches
 
 
 class QueueFull(Exception):
@@ -70,16 +72,20 @@ class DynamicBatcher:
     max_wait_s: how long an idle worker waits for more requests to join the first one before it starts.
     max_queue: requests queued or being scored at once; the next one gets QueueFull.
     metrics: a `ServerMetrics` (or None), told about batches, drops and the queue.
+    score_with_prefix: a backend's `score_with_prefix`, or None. Given, a batch holds one request's prompts
+        only and their shared prefix (system prompt, instruction, query) is computed once per request.
     """
 
     def __init__(self, score_batch: Callable[[list[Sequence[int]]], np.ndarray], batch_size: int,
                  max_batch_tokens: int | None = None, max_wait_s: float = 0.005, max_queue: int = 256,
-                 metrics=None):
+                 metrics=None, score_with_prefix: Callable[[Sequence[int], list[Sequence[int]]], np.ndarray] | None
+                 = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self._score_batch = score_batch
+        self._score_with_prefix = score_with_prefix
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max(0.0, float(max_wait_s))
@@ -208,8 +214,13 @@ class DynamicBatcher:
 
     def _score_jobs(self, jobs: list[_Job]) -> None:
         items = [(job, i) for job in jobs for i in range(len(job.token_ids))]
-        lengths = [len(job.token_ids[i]) for job, i in items]
-        for batch in length_batches(lengths, self.batch_size, self.max_batch_tokens):
+        prompts = [job.token_ids[i] for job, i in items]
+        if self._score_with_prefix is not None:
+            batches = prefix_batches(prompts, [id(job) for job, _ in items], self.batch_size, self.max_batch_tokens)
+        else:
+            batches = [(0, b) for b in length_batches([len(p) for p in prompts], self.batch_size,
+                                                      self.max_batch_tokens)]
+        for prefix, batch in batches:
             with self._cond:
                 # A request cancelled while earlier batches ran loses its remaining items here, before scoring.
                 live = [items[k] for k in batch if items[k][0].state is None]
@@ -222,7 +233,12 @@ class DynamicBatcher:
                 continue
             started = time.perf_counter()
             try:
-                scores = np.asarray(self._score_batch([job.token_ids[i] for job, i in live]), dtype=np.float32)
+                if prefix:
+                    head = live[0][0].token_ids[live[0][1]][:prefix]
+                    scores = self._score_with_prefix(head, [job.token_ids[i][prefix:] for job, i in live])
+                else:
+                    scores = self._score_batch([job.token_ids[i] for job, i in live])
+                scores = np.asarray(scores, dtype=np.float32)
                 if scores.shape != (len(live),):
                     raise RuntimeError(f"the backend returned {scores.shape} scores for {len(live)} prompts")
             except Exception as exc:  # noqa: BLE001 - the failure goes to the requests; the worker goes on

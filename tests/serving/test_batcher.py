@@ -82,6 +82,37 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_scores():
     assert any(len({t[0] // 1000 for t in batch}) > 1 for batch in backend.batches), "no batch mixed requests"
 
 
+def test_with_prefix_reuse_a_batch_holds_one_request_and_its_prefix_goes_apart():
+    """Each request's prompts share a prefix; the batcher hands it over once per batch, never mixing requests."""
+    rng = random.Random(1)
+    calls = []
+
+    def score_with_prefix(prefix, suffixes):
+        calls.append((list(prefix), [list(s) for s in suffixes]))
+        return np.array([fake_score(list(prefix) + list(s)) for s in suffixes], dtype=np.float32)
+
+    backend = FakeBackend()
+    batcher = DynamicBatcher(backend.score_batch, batch_size=4, max_wait_s=0.05, score_with_prefix=score_with_prefix)
+    batcher.start()
+    # job j: prefix [j, 5, 5] then its own index and some length
+    jobs = [[[j, 5, 5, i] + [7] * rng.randint(0, 9) for i in range(rng.randint(2, 9))] for j in range(1, 13)]
+
+    async def main():
+        return await asyncio.gather(*(batcher.score(ids) for ids in jobs))
+
+    try:
+        results = run(main())
+    finally:
+        batcher.stop()
+    for ids, scores in zip(jobs, results):
+        np.testing.assert_array_equal(scores, np.array([fake_score(t) for t in ids], dtype=np.float32))
+    assert backend.batches == []  # every request had 2+ prompts with a shared prefix
+    for prefix, suffixes in calls:
+        assert prefix[1:] == [5, 5] and 1 <= prefix[0] <= 12  # one request's prefix, up to where indices differ
+        assert len(suffixes) <= 4
+    assert sum(len(s) for _, s in calls) == sum(len(j) for j in jobs)
+
+
 def test_an_idle_worker_waits_max_wait_for_company_but_not_for_a_full_batch():
     backend = FakeBackend()
     batcher = DynamicBatcher(backend.score_batch, batch_size=4, max_wait_s=1.0)
