@@ -292,7 +292,9 @@ def summarize_variant(variant: Variant, raw: dict, workload: dict, qrels: dict, 
     tokens = sum(raw["prompt_tokens"])
     seconds_per_pass = float(np.mean([sum(rep) for rep in raw["latencies_s"]]))
     tokens_per_s = tokens / seconds_per_pass
-    achieved = 2 * params["matmul"] * tokens_per_s / 1e9
+    # With the prefix cache the model runs fewer tokens than the prompts hold; the FLOPs are the computed ones.
+    computed_share = raw["describe"].get("computed_share", 1.0)
+    achieved = 2 * params["matmul"] * tokens_per_s * computed_share / 1e9
     row = {
         "name": variant.name, "kind": "reranker", "backend": variant.backend, "quant": variant.quant,
         **accuracy(qrels, qids, [q["doc_ids"] for q in queries], raw["scores"], top_k), **speed,
@@ -302,6 +304,7 @@ def summarize_variant(variant: Variant, raw: dict, workload: dict, qrels: dict, 
         "artifact_mb": (artifact_size(artifact) if variant.backend != "torch" else _weights_bytes(artifact)) / 2**20,
         "artifact": str(artifact), "threads": raw["describe"].get("threads"), "engine": raw["describe"],
         "prompt_tokens_per_query": tokens / len(queries), "tokens_per_s": tokens_per_s,
+        "computed_share": computed_share, "prefix_cache": raw["describe"].get("prefix_cache", False),
         "same_token_ids": raw["same_token_ids"], "scores": raw["scores"],
         "ceiling": {"achieved_gflops": achieved,
                     **{f"share_of_{k}_peak": achieved / v for k, v in peaks.items()}},

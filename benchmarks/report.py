@@ -51,7 +51,7 @@ def markdown_report(report: dict) -> str:
         lines += ["**Partial results**: the run had not measured every system yet when this was written.", ""]
     lines += ["## Accuracy and speed", ""]
     header = ["system", "nDCG@10", "MRR@10", "docs/s", "p50 ms", "p95 ms", "load s", "peak RSS MB", "size MB",
-              "Spearman vs fp32 (per query)", "share of peak"]
+              "Spearman vs fp32 (per query)", "tokens computed / prompt tokens", "share of peak"]
     rows = []
     for r in report["systems"]:
         share = r.get("ceiling", {})
@@ -59,11 +59,14 @@ def markdown_report(report: dict) -> str:
         rows.append([r["name"], _fmt(r["ndcg@10"], 4), _fmt(r["mrr@10"], 4), _fmt(r.get("docs_per_s")),
                      _fmt(r.get("latency_p50_ms"), 1), _fmt(r.get("latency_p95_ms"), 1), _fmt(r.get("load_s")),
                      _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("artifact_mb"), 1),
-                     _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4), share_text])
+                     _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4),
+                     _fmt(100 * r["computed_share"], 1, "%") if "computed_share" in r else "–", share_text])
     lines += _table(header, rows)
     lines += ["", "docs/s and latencies cover the whole toolkit path (tokenization, prompt building, scoring); "
                   "per-query latency is for the full candidate list. BM25's latency is retrieval over the corpus. "
-                  "Share of peak: 2 x matmul parameters x prompt tokens/s over the measured fp32 GEMM rate. "
+                  "Tokens computed / prompt tokens: what the model ran with the prefix cache (a query's shared "
+                  "prompt prefix once), on by default; benchmarks/prefix_cache.py measures it on against off. "
+                  "Share of peak: 2 x matmul parameters x computed tokens/s over the measured fp32 GEMM rate. "
                   "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
                   "over queries."]
     bare_rows = [[r["name"], r["bare_engine"]["engine"], _fmt(r["bare_engine"]["docs_per_s"]),
@@ -72,7 +75,8 @@ def markdown_report(report: dict) -> str:
                  for r in report["systems"] if "bare_engine" in r]
     if bare_rows:
         lines += ["", "## Toolkit overhead against the bare engine", "",
-                  "Same artifact, same token ids (prebuilt once), same batches; toolkit and bare engine timed query "
+                  "Same artifact, same token ids (prebuilt once), same batches, whole prompts on both sides (the "
+                  "toolkit's prefix cache off here); toolkit and bare engine timed query "
                   "by query in alternation.", ""]
         lines += _table(["variant", "bare engine", "bare docs/s", "toolkit docs/s", "overhead", "max |score diff|"],
                         bare_rows)
