@@ -193,7 +193,8 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 # What each exporter writes, by revision: bump one when its output changes, so cached artifacts are remade.
 # gguf r2: the LM head is kept finer than the body (f16 in q8_0, q8_0 in q4_k_m).
 # gguf r3: channel smoothing before quantization (export/smoothing.py).
-EXPORT_REVISIONS = {"onnx": 1, "gguf": 3}
+# onnx r2: prefix.onnx and suffix.onnx beside model.onnx (prefix reuse).
+EXPORT_REVISIONS = {"onnx": 2, "gguf": 3}
 
 
 def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant) -> Path:

@@ -5,9 +5,15 @@ one fp32 row (W[positive] - W[negative]), so it never computes [batch, seq, voca
 folder that the onnx backend reads without torch or transformers:
 
     model.onnx               inputs input_ids, attention_mask [batch, seq] int64 -> output score [batch] float32
+    prefix.onnx              prefix_ids [1, P] -> present_keys, present_values [layers, 1, kv_heads, P, head_dim]
+    suffix.onnx              past_keys, past_values [layers, batch, kv_heads, P, head_dim], suffix_ids and
+                             suffix_mask [batch, S] (right padded) -> score [batch]: prefix reuse
     tokenizer.json           the checkpoint's `tokenizers` tokenizer
     prorank_contract.json    the prompt contract, label token ids filled in
     export_info.json         source, quantization, opset, file sizes, versions
+
+prefix.onnx and suffix.onnx hold no weights of their own: their initializers point (as ONNX external data) at
+the identical tensors inside model.onnx, so the reuse graphs add kilobytes, not a second copy of the model.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ from ..formats import (
     ONNX_INPUT_NAMES,
     ONNX_MODEL_FILENAME,
     ONNX_OUTPUT_NAME,
+    ONNX_PREFIX_INPUT_NAME,
+    ONNX_PREFIX_MODEL_FILENAME,
+    ONNX_PREFIX_OUTPUT_NAMES,
+    ONNX_SUFFIX_INPUT_NAMES,
+    ONNX_SUFFIX_MODEL_FILENAME,
     QUANTS,
     TOKENIZER_FILENAME,
 )
@@ -41,6 +52,12 @@ from ..staging import staged
 DEFAULT_OPSET = 20
 # protobuf cannot serialize a message over 2 GiB; leave room for the graph itself.
 _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+# Reuse-graph tensors at least this big are read from model.onnx's bytes; smaller ones stay inline.
+_SHARE_MIN_BYTES = 1024
+# Largest |reuse-graph score - model.onnx score| the export accepts on its test prompts, per level. Both sides
+# run the same weights; measured: under 3e-7 at fp32, int8 and int4, 0 at fp16 (CPU) on the tiny test models,
+# under 8e-6 on SmolLM2-135M; fp16 gets room for rounding that lands differently on another provider.
+_REUSE_TOLERANCE = {"fp32": 1e-3, "int8": 1e-3, "int4": 1e-3, "fp16": 3e-2}
 
 
 def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp32", opset: int = DEFAULT_OPSET,
@@ -66,19 +83,36 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
     prompts = PromptBuilder(tokenizer.backend_tokenizer, ScoringContract.load(model_dir), max_length=max_length)
     model = _load_causal_lm(model_dir)
     graph = score_graph(model, prompts.positive_token_id, prompts.negative_token_id)
+    prefix_graph, suffix_graph = reuse_graphs(model, prompts.positive_token_id, prompts.negative_token_id)
 
     with _staging_folder(output_dir, overwrite) as staging:
-        fp32_path = staging / "fp32" / ONNX_MODEL_FILENAME
-        fp32_path.parent.mkdir()
+        traced = staging / "fp32"
+        fp32_path = traced / "model" / ONNX_MODEL_FILENAME
+        reuse_fp32 = {name: traced / name / name for name in REUSE_FILENAMES}
+        for path in (fp32_path, *reuse_fp32.values()):
+            path.parent.mkdir(parents=True)
         sample = _sample_inputs(prompts)
+        prefix_ids, suffix_sample = _reuse_sample(prompts)
         with torch.inference_mode():
             _trace_to_onnx(graph, fp32_path, opset, sample)
             expected = graph(*(torch.from_numpy(sample[name]) for name in ONNX_INPUT_NAMES)).numpy()
-        _consolidate_external_data(fp32_path)
+            _trace_to_onnx(prefix_graph, reuse_fp32[ONNX_PREFIX_MODEL_FILENAME], opset, prefix_ids,
+                           inputs=(ONNX_PREFIX_INPUT_NAME,), outputs=ONNX_PREFIX_OUTPUT_NAMES, axes=_PREFIX_AXES)
+            # The suffix graph is traced on the prefix graph's own keys/values, one copy per suffix row.
+            rows = len(next(iter(suffix_sample.values())))
+            past = [kv.expand(-1, rows, -1, -1, -1).contiguous().numpy()
+                    for kv in prefix_graph(torch.from_numpy(prefix_ids[ONNX_PREFIX_INPUT_NAME]))]
+            _trace_to_onnx(suffix_graph, reuse_fp32[ONNX_SUFFIX_MODEL_FILENAME], opset,
+                           {**dict(zip(ONNX_SUFFIX_INPUT_NAMES[:2], past)), **suffix_sample},
+                           inputs=ONNX_SUFFIX_INPUT_NAMES, axes=_SUFFIX_AXES)
+        for path in (fp32_path, *reuse_fp32.values()):
+            _consolidate_external_data(path)
         fp32_bytes = _onnx_bytes(fp32_path)
         model_path = _write_model(fp32_path, staging, quant)
-        shutil.rmtree(fp32_path.parent)
+        shared = _write_reuse_graphs(reuse_fp32, staging, quant)
+        shutil.rmtree(traced)
         _check_graph_scores(model_path, sample, expected if quant == "fp32" else None)
+        _check_reuse_graphs(staging, prompts, quant)
 
         _write_tokenizer(model_dir, tokenizer, staging)
         _check_tokenizer_agrees(staging / TOKENIZER_FILENAME, prompts)
@@ -97,6 +131,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
             "max_length": prompts.max_length,
             "fp32_model_bytes": fp32_bytes,
             "model_bytes": _onnx_bytes(model_path),
+            **_reuse_info(staging, shared),
             "export_seconds": round(time.perf_counter() - started, 1),
             "prorank_edge_version": __version__,
             "torch_version": torch.__version__,
@@ -130,13 +165,23 @@ def quantize_onnx(artifact_dir: str | Path, output_dir: str | Path, quant: str, 
     started = time.perf_counter()
     contract = ScoringContract.load(artifact_dir)
     prompts = PromptBuilder(Tokenizer.from_file(str(artifact_dir / TOKENIZER_FILENAME)), contract)
+    # An artifact from before prefix reuse has no reuse graphs, and they cannot be made without tracing.
+    reuse_sources = {name: artifact_dir / name for name in REUSE_FILENAMES}
+    if not all(path.is_file() for path in reuse_sources.values()):
+        reuse_sources = {}
     with _staging_folder(output_dir, overwrite) as staging:
         model_path = _write_model(source_model, staging, quant, copy=True)
+        # model.onnx first: the reuse graphs read their weights from it, so a broken one fails them too.
         _check_graph_scores(model_path, _sample_inputs(prompts), None)
+        shared = _write_reuse_graphs(reuse_sources, staging, quant) if reuse_sources else None
+        if reuse_sources:
+            _check_reuse_graphs(staging, prompts, quant)
         shutil.copyfile(artifact_dir / TOKENIZER_FILENAME, staging / TOKENIZER_FILENAME)
         prompts.contract.save(staging)
+        source_info = {k: v for k, v in source_info.items() if k not in _REUSE_INFO_KEYS}
         info = dict(source_info, quant=quant, source_artifact=str(artifact_dir.resolve()),
-                    model_bytes=_onnx_bytes(model_path), export_seconds=round(time.perf_counter() - started, 1),
+                    model_bytes=_onnx_bytes(model_path), **_reuse_info(staging, shared),
+                    export_seconds=round(time.perf_counter() - started, 1),
                     prorank_edge_version=__version__, onnxruntime_version=_version("onnxruntime"))
         _write_export_info(staging, info)
     info["path"] = str(output_dir)
@@ -161,13 +206,18 @@ def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False)
         transfer(fp32_path, target)
         if (fp32_path.parent / ONNX_EXTERNAL_DATA_FILENAME).is_file():
             transfer(fp32_path.parent / ONNX_EXTERNAL_DATA_FILENAME, staging / ONNX_EXTERNAL_DATA_FILENAME)
-    elif quant == "int8":
+    else:
+        _convert(fp32_path, target, quant)
+    return target
+
+
+def _convert(fp32_path: Path, target: Path, quant: str) -> None:
+    if quant == "int8":
         _quantize_int8(fp32_path, target)
     elif quant == "int4":
         _quantize_int4(fp32_path, target)
     else:
         _convert_fp16(fp32_path, target)
-    return target
 
 
 def _write_export_info(staging: Path, info: dict) -> None:
@@ -225,6 +275,115 @@ def _score_graph_class():
     return ScoreGraph
 
 
+# ---- the prefix reuse graphs ----------------------------------------------------------------------------
+
+#: the reuse graphs, in the order they run
+REUSE_FILENAMES = (ONNX_PREFIX_MODEL_FILENAME, ONNX_SUFFIX_MODEL_FILENAME)
+_KV_AXES = {1: "batch", 3: "prefix"}
+_PREFIX_AXES = {ONNX_PREFIX_INPUT_NAME: {0: "batch", 1: "prefix"},
+                **{name: _KV_AXES for name in ONNX_PREFIX_OUTPUT_NAMES}}
+_SUFFIX_AXES = {**{name: _KV_AXES for name in ONNX_SUFFIX_INPUT_NAMES[:2]},
+                **{name: {0: "batch", 1: "suffix"} for name in ONNX_SUFFIX_INPUT_NAMES[2:]},
+                ONNX_OUTPUT_NAME: {0: "batch"}}
+
+
+def reuse_graphs(model, positive_token_id: int, negative_token_id: int):
+    """The two torch modules behind prefix reuse: prefix ids -> stacked keys/values; (past, suffix) -> score.
+
+    Two graphs rather than one with an empty past: onnxruntime runs every node of a graph whatever outputs
+    are asked for, so a single graph would stack [layers, batch, kv_heads, P + S, head_dim] keys/values on
+    every suffix batch only to drop them.
+    """
+    from ..backends.torch_backend import folded_score_head, model_body
+
+    body = model_body(model)
+    head_row, head_offset = folded_score_head(model, positive_token_id, negative_token_id)
+    prefix_class, suffix_class = _reuse_graph_classes()
+    return prefix_class(body).eval(), suffix_class(body, head_row, head_offset).eval()
+
+
+@functools.cache
+def _reuse_graph_classes():
+    import torch
+
+    def additive_mask(allowed):
+        return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(
+            ~allowed, torch.finfo(torch.float32).min
+        ).unsqueeze(1)
+
+    def stacked(cache):
+        layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") \
+            else list(cache)
+        return torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])
+
+    class PrefixGraph(torch.nn.Module):
+        """prefix_ids [batch, P] (no padding) -> keys and values of every layer, as torch_backend's
+        prefix_key_values; positions and the causal mask are built here, as in ScoreGraph."""
+
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, prefix_ids):
+            index = torch.ones_like(prefix_ids).cumsum(-1)  # 1..P, traced shape-free
+            positions = index - 1
+            allowed = index.unsqueeze(1) <= index.unsqueeze(2)
+            out = self.body(input_ids=prefix_ids, attention_mask=additive_mask(allowed), position_ids=positions,
+                            cache_position=positions[0], use_cache=True)
+            return stacked(out.past_key_values)
+
+    class SuffixGraph(torch.nn.Module):
+        """past keys/values of a prefix of length P, right-padded suffix ids and mask -> score of prefix + suffix.
+
+        As torch_backend's suffix_scores: every suffix starts at position P, sees the whole prefix and its own
+        earlier real tokens; the score is read at each row's last real token. A pad position also sees itself,
+        so its softmax is never empty; no real position ever sees a pad (they come after it).
+        """
+
+        def __init__(self, body, head_row, head_offset):
+            super().__init__()
+            self.body = body
+            self.layers = len(body.layers)
+            self.register_buffer("head_row", head_row.detach().float().clone())
+            self.register_buffer("head_offset", head_offset.detach().float().reshape(()).clone())
+
+        def forward(self, past_keys, past_values, suffix_ids, suffix_mask):
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            for layer in range(self.layers):
+                cache.update(past_keys[layer], past_values[layer], layer)
+            prefix_mask = torch.ones_like(past_keys[0, :, 0, :, 0], dtype=torch.long)  # [batch, P]
+            key_mask = torch.cat([prefix_mask, suffix_mask], dim=-1)
+            key_index = torch.ones_like(key_mask).cumsum(-1)  # 1..P+S
+            query_index = key_index[:, prefix_mask.shape[-1]:]  # P+1..P+S
+            allowed = (key_index.unsqueeze(1) <= query_index.unsqueeze(2)) & (
+                (key_mask.unsqueeze(1) > 0) | (key_index.unsqueeze(1) == query_index.unsqueeze(2)))
+            positions = query_index - 1
+            hidden = self.body(input_ids=suffix_ids, attention_mask=additive_mask(allowed), position_ids=positions,
+                               past_key_values=cache, cache_position=positions[0], use_cache=True).last_hidden_state
+            last = (suffix_mask.sum(-1) - 1).clamp(min=0)
+            hidden = hidden.gather(1, last.reshape(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+            # Mul + ReduceSum as in ScoreGraph, so the head stays fp32 through every quantization.
+            return (hidden.float() * self.head_row).sum(-1) + self.head_offset
+
+    return PrefixGraph, SuffixGraph
+
+
+def _reuse_sample(prompts: PromptBuilder) -> tuple[dict, dict]:
+    """A short prefix and two right-padded suffixes of different lengths, for tracing."""
+    import numpy as np
+
+    from ..backends.onnx_backend import right_pad
+    from ..contract import shared_prefix_length
+
+    ids = prompts.build("reranker", ["documents", "short and longer documents"])
+    prefix = shared_prefix_length(ids)
+    suffix_ids, suffix_mask = right_pad([row[prefix:] for row in ids])
+    return ({ONNX_PREFIX_INPUT_NAME: np.asarray([ids[0][:prefix]], dtype=np.int64)},
+            dict(zip(ONNX_SUFFIX_INPUT_NAMES[2:], (suffix_ids, suffix_mask))))
+
+
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
@@ -262,18 +421,24 @@ def _sample_inputs(prompts: PromptBuilder) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def _trace_to_onnx(graph, path: Path, opset: int, sample: dict) -> None:
+def _trace_to_onnx(graph, path: Path, opset: int, sample: dict, inputs: tuple = ONNX_INPUT_NAMES,
+                   outputs: tuple = (ONNX_OUTPUT_NAME,), axes: dict | None = None) -> None:
     import torch
 
-    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUT_NAMES}
-    axes[ONNX_OUTPUT_NAME] = {0: "batch"}
+    if axes is None:
+        axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUT_NAMES}
+        axes[ONNX_OUTPUT_NAME] = {0: "batch"}
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation notices are noise.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # transformers' DynamicLayer starts each layer's cache as an empty constant that the first update
+            # concatenates to; the exporter drops empty Concat inputs, so the constant is harmless.
+            warnings.filterwarnings("ignore", message="torch.tensor results are registered as constants",
+                                    category=torch.jit.TracerWarning)
             torch.onnx.export(
-                graph, tuple(torch.from_numpy(sample[name]) for name in ONNX_INPUT_NAMES), str(path),
-                input_names=list(ONNX_INPUT_NAMES), output_names=[ONNX_OUTPUT_NAME], dynamic_axes=axes,
+                graph, tuple(torch.from_numpy(sample[name]) for name in inputs), str(path),
+                input_names=list(inputs), output_names=list(outputs), dynamic_axes=axes,
                 opset_version=opset, do_constant_folding=True,
                 # onnxruntime's quantizers fail on graphs from the dynamo exporter.
                 dynamo=False,
@@ -353,7 +518,8 @@ def _convert_fp16(source: Path, target: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = _load_onnx(source)
-    head_nodes = _score_head_nodes(model)
+    # The prefix graph ends at the keys/values: it has no score head to keep in fp32.
+    head_nodes = _score_head_nodes(model) if ONNX_OUTPUT_NAME in {o.name for o in model.graph.output} else []
     # keep_io_types: callers feed int64 ids and read a float32 score whatever the weights are.
     model = convert_float_to_float16(model, keep_io_types=True, node_block_list=head_nodes)
     _save_onnx(model, target)
@@ -445,6 +611,206 @@ def _check_graph_scores(path: Path, sample: dict, expected) -> None:
         raise ProrankError(f"{path.name}: the exported graph returned {scores!r} on a test input")
     if expected is not None and not np.allclose(scores, expected, atol=1e-3, rtol=1e-4):
         raise ProrankError(f"{path.name}: the exported graph scores {scores}, torch scores {expected}")
+
+
+# ---- reuse graph files --------------------------------------------------------------------------------
+
+_REUSE_INFO_KEYS = ("prefix_reuse",)
+
+
+def _write_reuse_graphs(sources: dict[str, Path], staging: Path, quant: str) -> int:
+    """staging/prefix.onnx and suffix.onnx in the asked-for precision, their weights read from model.onnx.
+
+    Each is converted exactly as model.onnx was (the quantizers are deterministic), so its weight tensors are
+    byte-identical to model.onnx's and are stored as references to them; returns the bytes so shared.
+    """
+    shared = 0
+    for name, source in sources.items():
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=staging))
+        try:
+            try:
+                model = _load_borrowing_graph(source)
+                if quant != "fp32":
+                    if model is not None:  # its weights gathered inline, for the quantizers (they take paths)
+                        _save_onnx(model, work / f"fp32-{name}")
+                        source = work / f"fp32-{name}"
+                    _convert(source, work / name, quant)
+                    source, model = work / name, None
+                if model is None:
+                    model = _load_onnx(source)
+            except ProrankError as exc:
+                raise ProrankError(f"{exc}; {name} reads its weights from the {ONNX_MODEL_FILENAME} beside it, "
+                                   "which must be the one it was exported with") from None
+            shared += _point_at_model_weights(model, staging / ONNX_MODEL_FILENAME)
+            if model.ByteSize() > _PROTOBUF_LIMIT:
+                raise ProrankError(f"{name}: {model.ByteSize()} bytes of weights that model.onnx lacks; "
+                                   "too big for one protobuf file")
+            # Serialized directly: onnx.save_model would try to write the referenced tensors out again.
+            (staging / name).write_bytes(model.SerializeToString())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return shared
+
+
+def _point_at_model_weights(model, main_path: Path) -> int:
+    """Turn each big initializer of `model` that model.onnx also holds into external data at its bytes there.
+
+    model.onnx keeps its weights inline (or in model.onnx.data when over 2 GiB), so an inline tensor's bytes
+    are found in the file itself. Tensors are matched by content, not by name (the tracer names folded
+    weights per graph). Returns the bytes made external.
+    """
+    import hashlib
+    import mmap
+
+    import onnx
+
+    main = _load_onnx_header(main_path)
+    with open(main_path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+        located = _locate_tensors(main, main_path, blob)
+    shared = 0
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) < _SHARE_MIN_BYTES:
+            continue
+        where = located.get((tensor.data_type, hashlib.sha256(tensor.raw_data).digest()))
+        if where is None:
+            continue
+        location, offset, length = where
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        shared += length
+    return shared
+
+
+def _locate_tensors(main, main_path: Path, blob) -> dict[tuple, tuple[str, int, int]]:
+    """(data type, sha256 of the bytes) -> (file, offset, length) of each big initializer of model.onnx."""
+    import hashlib
+
+    import onnx
+
+    located: dict[tuple, tuple[str, int, int]] = {}
+    position = 0
+    for tensor in main.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entry = {e.key: e.value for e in tensor.external_data}
+            length = int(entry["length"])
+            if length < _SHARE_MIN_BYTES:
+                continue
+            with open(main_path.parent / entry["location"], "rb") as handle:
+                handle.seek(int(entry.get("offset", 0)))
+                data = handle.read(length)
+            where = (entry["location"], int(entry.get("offset", 0)), length)
+        elif len(tensor.raw_data) >= _SHARE_MIN_BYTES:
+            data = tensor.raw_data
+            # Initializers are serialized in order, so each one's bytes lie after the previous one's; an earlier
+            # hit is as good, since it holds the same bytes.
+            offset = blob.find(data, position)
+            if offset < 0:
+                continue
+            position = offset + len(data)
+            where = (main_path.name, offset, len(data))
+        else:
+            continue
+        located.setdefault((tensor.data_type, hashlib.sha256(data).digest()), where)
+    return located
+
+
+def _load_borrowing_graph(path: Path):
+    """A reuse graph of an existing artifact with the weights it reads from model.onnx filled in; None for a
+    graph without external data (a fresh trace).
+
+    onnx.load would refuse these when model.onnx is a symbolic link, as in a Hugging Face cache snapshot
+    (onnxruntime reads them fine), so they are read here: a plain file name beside the graph, opened as a file.
+    """
+    import onnx
+
+    model = _load_onnx_header(path)
+    tensors = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not tensors:
+        return None
+    for tensor in tensors:
+        entry = {e.key: e.value for e in tensor.external_data}
+        location = entry.get("location", "")
+        if Path(location).name != location or location in ("", ".", ".."):
+            raise ProrankError(f"{path}: tensor {tensor.name!r} points outside the artifact folder ({location!r})")
+        try:
+            with open(path.parent / location, "rb") as handle:
+                handle.seek(int(entry.get("offset", 0)))
+                data = handle.read(int(entry["length"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ProrankError(f"{path}: cannot read tensor {tensor.name!r} from {location} ({exc})") from None
+        if len(data) != int(entry["length"]):
+            raise ProrankError(f"{path}: tensor {tensor.name!r} lies past the end of {location}")
+        tensor.raw_data = data
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return model
+
+
+def _load_onnx_header(path: Path):
+    """The model proto without loading external data."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError
+        raise ProrankError(f"{path}: cannot read this ONNX model ({exc})") from None
+
+
+def _reuse_info(staging: Path, shared: int | None) -> dict:
+    """export_info's record of the reuse graphs: files, names, and the weight bytes they borrow from model.onnx."""
+    from ..backends.onnx_backend import weights_fingerprint
+
+    if shared is None:
+        return {"prefix_reuse": None}
+    return {"prefix_reuse": {
+        "prefix_model": ONNX_PREFIX_MODEL_FILENAME,
+        "prefix_inputs": [ONNX_PREFIX_INPUT_NAME],
+        "prefix_outputs": list(ONNX_PREFIX_OUTPUT_NAMES),
+        "suffix_model": ONNX_SUFFIX_MODEL_FILENAME,
+        "suffix_inputs": list(ONNX_SUFFIX_INPUT_NAMES),
+        "suffix_output": ONNX_OUTPUT_NAME,
+        "bytes": sum((staging / name).stat().st_size for name in REUSE_FILENAMES),
+        "weight_bytes_shared_with_model": shared,
+        "weights_fingerprint": weights_fingerprint(staging),
+    }}
+
+
+def _check_reuse_graphs(staging: Path, prompts: PromptBuilder, quant: str) -> None:
+    """Prefix + suffix graphs must score test prompts as model.onnx does (same weights, same precision)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..backends.onnx_backend import reuse_scores
+    from ..contract import left_pad, shared_prefix_length
+
+    ids = prompts.build("Which protein binds ATP?", ["Kinases transfer phosphate groups from ATP to substrates.",
+                                                    "", "ATP " * 20])
+    prefix = shared_prefix_length(ids)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sessions = {}
+    for name in (ONNX_MODEL_FILENAME, *REUSE_FILENAMES):
+        try:
+            sessions[name] = ort.InferenceSession(str(staging / name), sess_options=options,
+                                                  providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types
+            raise ProrankError(f"{name}: the exported graph does not run in onnxruntime ({exc})") from None
+    (expected,) = sessions[ONNX_MODEL_FILENAME].run([ONNX_OUTPUT_NAME], dict(zip(ONNX_INPUT_NAMES, left_pad(ids))))
+    try:
+        past = sessions[ONNX_PREFIX_MODEL_FILENAME].run(
+            list(ONNX_PREFIX_OUTPUT_NAMES), {ONNX_PREFIX_INPUT_NAME: np.asarray([ids[0][:prefix]], dtype=np.int64)})
+        scores = reuse_scores(sessions[ONNX_SUFFIX_MODEL_FILENAME], past, [row[prefix:] for row in ids])
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ProrankError(f"{ONNX_PREFIX_MODEL_FILENAME}/{ONNX_SUFFIX_MODEL_FILENAME}: the reuse graphs do not "
+                           f"run in onnxruntime ({exc})") from None
+    drift = float(np.abs(scores - expected).max())
+    if not np.isfinite(drift) or drift > _REUSE_TOLERANCE[quant]:
+        raise ProrankError(f"{ONNX_SUFFIX_MODEL_FILENAME}: the reuse graphs score {scores}, {ONNX_MODEL_FILENAME} "
+                           f"scores {expected} (tolerance {_REUSE_TOLERANCE[quant]})")
 
 
 @contextlib.contextmanager

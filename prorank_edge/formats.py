@@ -60,3 +60,14 @@ BENCH_FORMATS = tuple(f"torch-{d}" for d in TORCH_DTYPES) + tuple(
 GGUF_ARCHITECTURES = {"Qwen2ForCausalLM": "QWEN2", "LlamaForCausalLM": "LLAMA"}
 #: GGUF general.architecture -> gguf-py MODEL_ARCH name, for reading a GGUF back (the adapter merge)
 GGUF_ARCH_NAMES = {"qwen2": "QWEN2", "llama": "LLAMA"}
+
+# ---- ONNX prefix reuse (two more graphs in the same folder; model.onnx is unchanged) ----------------------
+#: prefix ids [1, P] -> the prompt prefix's keys and values, every layer stacked
+ONNX_PREFIX_MODEL_FILENAME = "prefix.onnx"
+ONNX_PREFIX_INPUT_NAME = "prefix_ids"
+#: [layers, batch, kv_heads, P, head_dim] float32 each
+ONNX_PREFIX_OUTPUT_NAMES = ("present_keys", "present_values")
+#: past keys/values (shaped as the prefix graph's outputs, batch rows repeated) and right-padded suffix ids
+#: and mask [batch, S] int64 (positions continue at P) -> score [batch] float32
+ONNX_SUFFIX_MODEL_FILENAME = "suffix.onnx"
+ONNX_SUFFIX_INPUT_NAMES = ("past_keys", "past_values", "suffix_ids", "suffix_mask")

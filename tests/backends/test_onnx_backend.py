@@ -39,7 +39,8 @@ def test_missing_tokenizer_is_reported(tiny_qwen2_onnx, tmp_path):
 def test_device_and_provider_choice(tiny_qwen2_onnx):
     backend = onnx_backend(tiny_qwen2_onnx, device="cpu", threads=1)
     assert backend.describe() == {"backend": "onnx", "providers": ["CPUExecutionProvider"], "threads": 1,
-                                  "quant": "fp32", "model": str(tiny_qwen2_onnx / "model.onnx")}
+                                  "quant": "fp32", "model": str(tiny_qwen2_onnx / "model.onnx"),
+                                  "prefix_graphs": True}
     with pytest.raises(ProrankError, match="unknown device"):
         onnx_backend(tiny_qwen2_onnx, device="tpu")
     with pytest.raises(ProrankError, match="not available"):
