@@ -252,3 +252,21 @@ def test_multi_token_label_is_refused(tiny_qwen2_dir, tmp_path):
     with pytest.raises(ContractError, match="not a single token"):
         _export(model_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_quantizing_leaves_logging_as_it_was(tiny_qwen2_onnx, tmp_path):
+    """onnxruntime's quantizer module calls logging.basicConfig(level=INFO) at import: without a guard an int8
+    export printed a line per graph node (22,632 for SmolLM2) and left INFO logging on for the whole process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys\n"
+        "from prorank_edge.export.onnx_export import quantize_onnx\n"
+        f"quantize_onnx({str(tiny_qwen2_onnx)!r}, {str(tmp_path / 'int8')!r}, 'int8')\n"
+        "root = logging.getLogger()\n"
+        "assert not root.handlers and root.level == logging.WARNING, (root.handlers, root.level)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[INFO]" not in done.stderr
