@@ -42,7 +42,8 @@ LONG_INSTRUCTION = ("Given a scientific claim written by a journalist, retrieve 
                     "trials and meta-analyses over observational studies")
 
 
-def build_workloads(data_dir: Path, queries: int, top_ks: list[int], chunk_documents: int) -> list[dict]:
+def build_workloads(data_dir: Path, queries: int, top_ks: list[int], chunk_documents: int,
+                    passages: bool = True) -> list[dict]:
     """Each workload: a name, its prompt length (None: the model's), an instruction and per-query documents."""
     import random
 
@@ -56,6 +57,8 @@ def build_workloads(data_dir: Path, queries: int, top_ks: list[int], chunk_docum
     workloads = [{"name": f"SciFact top {k}", "max_length": None, "instruction": None,
                   "queries": [{"text": data.queries[q], "documents": t[:k]} for q, t in zip(qids, texts)]}
                  for k in top_ks]
+    if not passages:
+        return workloads
     rng = random.Random(0)
     corpus = [data.corpus[d].full_text for d in rng.sample(list(data.corpus), 400)]
     # ~150-token chunks: the first ~600 characters of an abstract, cut at a word
@@ -148,6 +151,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--top-k", default="10,50,100", help="BM25 candidate counts, comma-separated")
     parser.add_argument("--chunk-documents", type=int, default=20, help="short passages per query")
+    parser.add_argument("--no-passages", action="store_true", help="only the SciFact top-k workloads")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="default: every usable core")
@@ -168,7 +172,7 @@ def main() -> None:
     model_dir = Path(resolve_model(args.model).path).resolve()
     threads = args.threads or usable_cores()
     workloads = build_workloads(Path(args.data), args.queries, [int(k) for k in args.top_k.split(",")],
-                                args.chunk_documents)
+                                args.chunk_documents, passages=not args.no_passages)
     rows, errors = [], {}
     artifacts = cache_dir() / "bench-artifacts"
     with tempfile.TemporaryDirectory(prefix="prefix-cache-") as tmp:

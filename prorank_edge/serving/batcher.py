@@ -3,8 +3,8 @@
 Requests hand in their prompts' token ids and await a future. The worker thread takes everything queued at once,
 groups it by length with `contract.length_batches` (the bucketing every backend uses offline), so one forward
 pass may hold documents of several requests, and writes each score back to its own (request, index) slot. With
-the backend's prefix reuse on, a pass holds one request's documents only (`contract.prefix_batches`), so their
-shared prompt prefix is computed once per request. A
+the backend's prefix reuse on, a request of a few documents or more has passes of its own
+(`contract.prefix_batches`), so its shared prompt prefix is computed once; smaller requests still merge. A
 request whose client went away is cancelled: what it still had queued is dropped before scoring, never scored.
 The event loop only queues and awaits, so it never blocks on the model.
 """
@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..contract import length_batches, prefix_batches
+
+# Requests with at least this many documents get their own batches and their own prefix pass.
+PREFIX_MIN_DOCUMENTS = 4
 
 
 class QueueFull(Exception):
@@ -72,8 +75,9 @@ class DynamicBatcher:
     max_wait_s: how long an idle worker waits for more requests to join the first one before it starts.
     max_queue: requests queued or being scored at once; the next one gets QueueFull.
     metrics: a `ServerMetrics` (or None), told about batches, drops and the queue.
-    score_with_prefix: a backend's `score_with_prefix`, or None. Given, a batch holds one request's prompts
-        only and their shared prefix (system prompt, instruction, query) is computed once per request.
+    score_with_prefix: a backend's `score_with_prefix`, or None. Given, a request of PREFIX_MIN_DOCUMENTS or more
+        has batches of its own and its shared prefix (system prompt, instruction, query) is computed once; smaller
+        requests share batches, and the prefix common to all of them.
     """
 
     def __init__(self, score_batch: Callable[[list[Sequence[int]]], np.ndarray], batch_size: int,
@@ -216,7 +220,10 @@ class DynamicBatcher:
         items = [(job, i) for job in jobs for i in range(len(job.token_ids))]
         prompts = [job.token_ids[i] for job, i in items]
         if self._score_with_prefix is not None:
-            batches = prefix_batches(prompts, [id(job) for job, _ in items], self.batch_size, self.max_batch_tokens)
+            # A request of a few documents gains little from a prefix pass of its own and would lose the forward
+            # pass it can share: those merge as before, under the prefix all of them share (the system prompt).
+            keys = [id(job) if len(job.token_ids) >= PREFIX_MIN_DOCUMENTS else None for job, _ in items]
+            batches = prefix_batches(prompts, keys, self.batch_size, self.max_batch_tokens)
         else:
             batches = [(0, b) for b in length_batches([len(p) for p in prompts], self.batch_size,
                                                       self.max_batch_tokens)]

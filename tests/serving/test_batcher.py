@@ -94,8 +94,8 @@ def test_with_prefix_reuse_a_batch_holds_one_request_and_its_prefix_goes_apart()
     backend = FakeBackend()
     batcher = DynamicBatcher(backend.score_batch, batch_size=4, max_wait_s=0.05, score_with_prefix=score_with_prefix)
     batcher.start()
-    # job j: prefix [j, 5, 5] then its own index and some length
-    jobs = [[[j, 5, 5, i] + [7] * rng.randint(0, 9) for i in range(rng.randint(2, 9))] for j in range(1, 13)]
+    # job j: prefix [j, 5, 5] then its own index and some length; 4 or more prompts, so each has its own batches
+    jobs = [[[j, 5, 5, i] + [7] * rng.randint(0, 9) for i in range(rng.randint(4, 9))] for j in range(1, 13)]
 
     async def main():
         return await asyncio.gather(*(batcher.score(ids) for ids in jobs))
@@ -111,6 +111,35 @@ def test_with_prefix_reuse_a_batch_holds_one_request_and_its_prefix_goes_apart()
         assert prefix[1:] == [5, 5] and 1 <= prefix[0] <= 12  # one request's prefix, up to where indices differ
         assert len(suffixes) <= 4
     assert sum(len(s) for _, s in calls) == sum(len(j) for j in jobs)
+
+
+def test_with_prefix_reuse_small_requests_still_merge():
+    """Requests of fewer than PREFIX_MIN_DOCUMENTS prompts share a pass (and only the prefix all of them share)."""
+    from prorank_edge.serving.batcher import PREFIX_MIN_DOCUMENTS
+
+    calls = []
+
+    def score_with_prefix(prefix, suffixes):
+        calls.append((list(prefix), len(suffixes)))
+        return np.array([fake_score(list(prefix) + list(s)) for s in suffixes], dtype=np.float32)
+
+    backend = FakeBackend()
+    batcher = DynamicBatcher(backend.score_batch, batch_size=16, max_wait_s=0.2, score_with_prefix=score_with_prefix)
+    batcher.start()
+    # every prompt starts with the same "system prompt" [9, 9], then the request's own tokens
+    jobs = [[[9, 9, j, i, 7] for i in range(2)] for j in range(1, 5)]
+    big = [[9, 9, 50, i] + [7] * i for i in range(PREFIX_MIN_DOCUMENTS)]
+
+    async def main():
+        return await asyncio.gather(*(batcher.score(ids) for ids in jobs + [big]))
+
+    try:
+        results = run(main())
+    finally:
+        batcher.stop()
+    for ids, scores in zip(jobs + [big], results):
+        np.testing.assert_array_equal(scores, np.array([fake_score(t) for t in ids], dtype=np.float32))
+    assert sorted(calls) == [([9, 9], 8), ([9, 9, 50], PREFIX_MIN_DOCUMENTS)]
 
 
 def test_an_idle_worker_waits_max_wait_for_company_but_not_for_a_full_batch():

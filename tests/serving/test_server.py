@@ -56,14 +56,16 @@ import sys, time
 from pathlib import Path
 from prorank_edge.backends.torch_backend import TorchBackend
 gate, entered = Path(sys.argv[1]), Path(sys.argv[2])
-score_batch = TorchBackend.score_batch
-def gated(self, token_ids):
-    entered.touch()
-    deadline = time.monotonic() + 60
-    while gate.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return score_batch(self, token_ids)
-TorchBackend.score_batch = gated
+def gated(method):
+    def wait_then_score(self, *args):
+        entered.touch()
+        deadline = time.monotonic() + 60
+        while gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return method(self, *args)
+    return wait_then_score
+TorchBackend.score_batch = gated(TorchBackend.score_batch)
+TorchBackend.score_with_prefix = gated(TorchBackend.score_with_prefix)
 from prorank_edge.cli import main
 sys.exit(main(sys.argv[3:], prog_name="prorank-edge"))
 """
@@ -173,7 +175,8 @@ def server(tiny_qwen2_dir, tmp_path_factory):
 def gated(tiny_qwen2_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gated")
     gate = Gate(folder)
-    srv = start_server(folder, tiny_qwen2_dir, "--max-queue", "3", gate=gate)
+    # Cache off: these tests count how requests merge into forward passes (test_batcher covers the cache on).
+    srv = start_server(folder, tiny_qwen2_dir, "--max-queue", "3", "--no-prefix-cache", gate=gate)
     yield srv, gate
     gate.open()
     srv.stop()
