@@ -20,6 +20,27 @@ SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
 QWEN_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
+# Prefix-cache cases shared by the torch and GGUF tests: an instruction, a query cut to its budget, empty documents.
+PREFIX_QUERY = "does vitamin D reduce the risk of fractures in older adults?"
+PREFIX_DOCS = [
+    "Vitamin D supplementation and fracture risk: a meta-analysis of randomized trials.",
+    "",
+    "short",
+    "The mitochondrial genome encodes thirteen proteins of the respiratory chain. " * 12,
+    "Ünïcødé and emoji 🙂 inside a document",
+    "Calcium and vitamin D in elderly women",
+    "A" * 3000,
+]
+PREFIX_CASES = {
+    "plain": dict(query=PREFIX_QUERY),
+    "instruction": dict(query=PREFIX_QUERY, instruction="Given a medical claim, find the abstract that supports it"),
+    # over the 3/4 query budget of a 160-token prompt: the query itself is cut, so the prefix is the whole budget
+    "long query": dict(query="fracture risk in older adults " * 60),
+    # every prompt the same: the prefix is all but the last token, each suffix a single token
+    "empty documents": dict(query=PREFIX_QUERY, documents=["", "", ""]),
+}
+
+
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -277,6 +298,15 @@ TINY_PAIRS = [
     ("café naïve 東京 😀", "Unicode text: résumé, Zürich, 東京タワー, emoji 🎉."),
 ] + [("q" * k, f"document number {k}. " * k) for k in range(1, 9)]
 SCIFACT_MAX_LENGTH = 256  # the SmolLM2 GGUF tests cut SciFact prompts to this
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_onnx(tiny_llama_dir, tmp_path_factory) -> Path:
+    from prorank_edge.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny_llama"
+    export_onnx(tiny_llama_dir, out)
+    return out
 
 
 @pytest.fixture(scope="session")

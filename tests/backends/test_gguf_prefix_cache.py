@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from conftest import requires_torch, scifact_gguf_pairs  # noqa: E402
+from conftest import PREFIX_CASES, PREFIX_DOCS, PREFIX_QUERY, requires_torch, scifact_gguf_pairs  # noqa: E402
 
 from prorank_edge.backends.gguf_backend import GgufBackend  # noqa: E402
 from prorank_edge.contract import shared_prefix_length  # noqa: E402
@@ -30,24 +30,7 @@ EXACT_ATOL = 1e-5  # one prompt per decode, flash attention off: the same float 
 F16_ATOL = {False: 3e-3, None: 3e-2}  # by flash_attn
 QUANT_ATOL = {"q8_0": 0.05, "q4_k_m": 0.15}
 MAX_LENGTH = 160
-QUERY = "does vitamin D reduce the risk of fractures in older adults?"
-DOCS = [
-    "Vitamin D supplementation and fracture risk: a meta-analysis of randomized trials.",
-    "",
-    "short",
-    "The mitochondrial genome encodes thirteen proteins of the respiratory chain. " * 12,
-    "Ünïcødé and emoji 🙂 inside a document",
-    "Calcium and vitamin D in elderly women",
-    "A" * 3000,
-]
-CASES = {
-    "plain": dict(query=QUERY),
-    "instruction": dict(query=QUERY, instruction="Given a medical claim, find the abstract that supports it"),
-    # over the 3/4 query budget of a 160-token prompt: the query itself is cut, so the prefix is the whole budget
-    "long query": dict(query="fracture risk in older adults " * 60),
-    # every prompt the same: the prefix is all but the last token, each suffix a single token
-    "empty documents": dict(query=QUERY, documents=["", "", ""]),
-}
+QUERY, DOCS, CASES = PREFIX_QUERY, PREFIX_DOCS, PREFIX_CASES
 
 
 def gguf_path(request, fixture: str, quant: str = "f16"):

@@ -3,29 +3,14 @@ models with real tokenizers, the same rankings in bf16, and the tokens it really
 
 import numpy as np
 import pytest
-from conftest import requires_torch
+from conftest import PREFIX_CASES, PREFIX_DOCS, PREFIX_QUERY, requires_torch
 
 from prorank_edge.contract import shared_prefix_length
 from prorank_edge.reranker import Reranker
 
 pytestmark = requires_torch
 
-QUERY = "does vitamin D reduce the risk of fractures in older adults?"
-DOCS = [
-    "Vitamin D supplementation and fracture risk: a meta-analysis of randomized trials.",
-    "",
-    "short",
-    "The mitochondrial genome encodes thirteen proteins of the respiratory chain. " * 12,
-    "Ünïcødé and emoji 🙂 inside a document",
-    "Calcium and vitamin D in elderly women",
-    "A" * 3000,
-]
-CASES = {
-    "plain": dict(query=QUERY),
-    "instruction": dict(query=QUERY, instruction="Given a medical claim, find the abstract that supports it"),
-    # over the 3/4 query budget of a 160-token prompt: the query itself is cut
-    "long query": dict(query="fracture risk in older adults " * 60),
-}
+QUERY, DOCS, CASES = PREFIX_QUERY, PREFIX_DOCS, PREFIX_CASES
 
 
 def pair(model_dir, dtype="float32", **options):
@@ -45,14 +30,15 @@ def test_fp32_scores_equal_without_reuse(fixture, case, request):
     model_dir = request.getfixturevalue(fixture)
     on, off = pair(model_dir, batch_size=3)  # 7 candidates in 3 batches: one prefix serves all of them
     kwargs = CASES[case]
-    with_reuse = in_input_order(on.rank(kwargs["query"], DOCS, instruction=kwargs.get("instruction")))
-    without = in_input_order(off.rank(kwargs["query"], DOCS, instruction=kwargs.get("instruction")))
+    docs = kwargs.get("documents", DOCS)
+    with_reuse = in_input_order(on.rank(kwargs["query"], docs, instruction=kwargs.get("instruction")))
+    without = in_input_order(off.rank(kwargs["query"], docs, instruction=kwargs.get("instruction")))
     np.testing.assert_allclose(with_reuse, without, atol=1e-4)
-    ids = on.prompts.build(kwargs["query"], DOCS, kwargs.get("instruction"))
+    ids = on.prompts.build(kwargs["query"], docs, kwargs.get("instruction"))
     shared = shared_prefix_length(ids)
     info, total = on.describe(), sum(len(i) for i in ids)
     # the prefix ran once for the three batches
-    assert (info["prompt_tokens"], info["computed_tokens"]) == (total, total - (len(DOCS) - 1) * shared)
+    assert (info["prompt_tokens"], info["computed_tokens"]) == (total, total - (len(docs) - 1) * shared)
     assert off.describe()["computed_tokens"] == off.describe()["prompt_tokens"] == total
 
 

@@ -47,13 +47,6 @@ def _leftovers(parent: Path) -> list[str]:
 # ---- artifacts (exported once per session) ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def tiny_llama_onnx(tiny_llama_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "tiny_llama"
-    _export(tiny_llama_dir, out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def smollm2_onnx(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
     """fp32 traced once; int8 and int4 quantized from it (what export_onnx(quant=...) does after tracing)."""
     root = tmp_path_factory.mktemp("smollm2_onnx")

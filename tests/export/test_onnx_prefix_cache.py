@@ -42,15 +42,6 @@ def _quantize(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama_reuse_onnx(tiny_llama_dir, tmp_path_factory) -> Path:
-    from prorank_edge.export.onnx_export import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx_reuse") / "tiny_llama"
-    export_onnx(tiny_llama_dir, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def quantized(tiny_qwen2_onnx, tmp_path_factory):
     """quantize_onnx of the fp32 Qwen2 artifact, once per level."""
     root = tmp_path_factory.mktemp("onnx_reuse_quant")
@@ -144,7 +135,7 @@ def test_export_writes_reuse_graphs_sharing_the_weights(tiny_qwen2_onnx, tiny_qw
 @pytest.mark.parametrize("kind", ["qwen2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_fp32_reuse_matches_whole_prompts_and_torch(kind, request):
     model_dir = request.getfixturevalue(f"tiny_{kind}_dir")
-    reranker = _reranker(request.getfixturevalue("tiny_qwen2_onnx" if kind == "qwen2" else "tiny_llama_reuse_onnx"))
+    reranker = _reranker(request.getfixturevalue("tiny_qwen2_onnx" if kind == "qwen2" else "tiny_llama_onnx"))
     started = time.perf_counter()
     on, on_info = _score_all(reranker, prefix_cache=True)
     on_seconds = time.perf_counter() - started

@@ -51,6 +51,19 @@ def sample(metrics: ServerMetrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
+def score_all(batcher: DynamicBatcher, jobs: list[list[list[int]]]) -> None:
+    """Send every job at once, stop the batcher, and check each job got its own prompts' scores in order."""
+    async def main():
+        return await asyncio.gather(*(batcher.score(ids) for ids in jobs))
+
+    try:
+        results = run(main())
+    finally:
+        batcher.stop()
+    for ids, scores in zip(jobs, results):
+        np.testing.assert_array_equal(scores, np.array([fake_score(t) for t in ids], dtype=np.float32))
+
+
 async def wait_until(condition, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -64,16 +77,7 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_scores():
     batcher = DynamicBatcher(backend.score_batch, batch_size=8, max_batch_tokens=200, max_wait_s=0.05)
     batcher.start()
     jobs = [request(j, rng.randint(0, 12), rng) for j in range(1, 31)]
-
-    async def main():
-        return await asyncio.gather(*(batcher.score(ids) for ids in jobs))
-
-    try:
-        results = run(main())
-    finally:
-        batcher.stop()
-    for ids, scores in zip(jobs, results):
-        np.testing.assert_array_equal(scores, np.array([fake_score(t) for t in ids], dtype=np.float32))
+    score_all(batcher, jobs)
     scored = [t[0] for batch in backend.batches for t in batch]
     assert sorted(scored) == sorted(t[0] for ids in jobs for t in ids)  # each prompt scored exactly once
     for batch in backend.batches:
@@ -96,16 +100,7 @@ def test_with_prefix_reuse_a_batch_holds_one_request_and_its_prefix_goes_apart()
     batcher.start()
     # job j: prefix [j, 5, 5] then its own index and some length; 4 or more prompts, so each has its own batches
     jobs = [[[j, 5, 5, i] + [7] * rng.randint(0, 9) for i in range(rng.randint(4, 9))] for j in range(1, 13)]
-
-    async def main():
-        return await asyncio.gather(*(batcher.score(ids) for ids in jobs))
-
-    try:
-        results = run(main())
-    finally:
-        batcher.stop()
-    for ids, scores in zip(jobs, results):
-        np.testing.assert_array_equal(scores, np.array([fake_score(t) for t in ids], dtype=np.float32))
+    score_all(batcher, jobs)
     assert backend.batches == []  # every request had 2+ prompts with a shared prefix
     for prefix, suffixes in calls:
         assert prefix[1:] == [5, 5] and 1 <= prefix[0] <= 12  # one request's prefix, up to where indices differ
@@ -129,16 +124,7 @@ def test_with_prefix_reuse_small_requests_still_merge():
     # every prompt starts with the same "system prompt" [9, 9], then the request's own tokens
     jobs = [[[9, 9, j, i, 7] for i in range(2)] for j in range(1, 5)]
     big = [[9, 9, 50, i] + [7] * i for i in range(PREFIX_MIN_DOCUMENTS)]
-
-    async def main():
-        return await asyncio.gather(*(batcher.score(ids) for ids in jobs + [big]))
-
-    try:
-        results = run(main())
-    finally:
-        batcher.stop()
-    for ids, scores in zip(jobs + [big], results):
-        np.testing.assert_array_equal(scores, np.array([fake_score(t) for t in ids], dtype=np.float32))
+    score_all(batcher, jobs + [big])
     assert sorted(calls) == [([9, 9], 8), ([9, 9, 50], PREFIX_MIN_DOCUMENTS)]
 
 
