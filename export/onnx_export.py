@@ -238,6 +238,15 @@ def score_graph(model, positive_token_id: int, negative_token_id: int):
     return _score_graph_class()(body, head_row, head_offset).eval()
 
 
+def _additive_mask(allowed):
+    """[batch, 1, queries, keys] float32: 0 where a query may see a key, the lowest float elsewhere."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    ).unsqueeze(1)
+
+
 @functools.cache
 def _score_graph_class():
     import torch
@@ -264,10 +273,7 @@ def _score_graph_class():
             # Causal, and only real keys; every query also sees itself, so padded rows never have an
             # all-masked softmax (NaN in fp16) and real rows are unchanged (their pads lie before them).
             allowed = (key_index <= query_index) & ((attention_mask.unsqueeze(1) > 0) | (key_index == query_index))
-            additive = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(
-                ~allowed, torch.finfo(torch.float32).min
-            ).unsqueeze(1)
-            hidden = self.body(input_ids=input_ids, attention_mask=additive, position_ids=positions,
+            hidden = self.body(input_ids=input_ids, attention_mask=_additive_mask(allowed), position_ids=positions,
                                use_cache=False).last_hidden_state[:, -1, :]
             # Mul + ReduceSum rather than MatMul: the weight quantizers leave it alone, so the head stays fp32.
             return (hidden.float() * self.head_row).sum(-1) + self.head_offset
@@ -306,14 +312,10 @@ def reuse_graphs(model, positive_token_id: int, negative_token_id: int):
 def _reuse_graph_classes():
     import torch
 
-    def additive_mask(allowed):
-        return torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(
-            ~allowed, torch.finfo(torch.float32).min
-        ).unsqueeze(1)
+    from ..backends.torch_backend import cache_layers
 
     def stacked(cache):
-        layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") \
-            else list(cache)
+        layers = cache_layers(cache)
         return torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])
 
     class PrefixGraph(torch.nn.Module):
@@ -328,7 +330,7 @@ def _reuse_graph_classes():
             index = torch.ones_like(prefix_ids).cumsum(-1)  # 1..P, traced shape-free
             positions = index - 1
             allowed = index.unsqueeze(1) <= index.unsqueeze(2)
-            out = self.body(input_ids=prefix_ids, attention_mask=additive_mask(allowed), position_ids=positions,
+            out = self.body(input_ids=prefix_ids, attention_mask=_additive_mask(allowed), position_ids=positions,
                             cache_position=positions[0], use_cache=True)
             return stacked(out.past_key_values)
 
@@ -360,7 +362,7 @@ def _reuse_graph_classes():
             allowed = (key_index.unsqueeze(1) <= query_index.unsqueeze(2)) & (
                 (key_mask.unsqueeze(1) > 0) | (key_index.unsqueeze(1) == query_index.unsqueeze(2)))
             positions = query_index - 1
-            hidden = self.body(input_ids=suffix_ids, attention_mask=additive_mask(allowed), position_ids=positions,
+            hidden = self.body(input_ids=suffix_ids, attention_mask=_additive_mask(allowed), position_ids=positions,
                                past_key_values=cache, cache_position=positions[0], use_cache=True).last_hidden_state
             last = (suffix_mask.sum(-1) - 1).clamp(min=0)
             hidden = hidden.gather(1, last.reshape(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
@@ -374,8 +376,7 @@ def _reuse_sample(prompts: PromptBuilder) -> tuple[dict, dict]:
     """A short prefix and two right-padded suffixes of different lengths, for tracing."""
     import numpy as np
 
-    from ..backends.onnx_backend import right_pad
-    from ..contract import shared_prefix_length
+    from ..contract import right_pad, shared_prefix_length
 
     ids = prompts.build("reranker", ["documents", "short and longer documents"])
     prefix = shared_prefix_length(ids)
@@ -716,9 +717,7 @@ def _locate_tensors(main, main_path: Path, blob) -> dict[tuple, tuple[str, int, 
             length = int(entry["length"])
             if length < _SHARE_MIN_BYTES:
                 continue
-            with open(main_path.parent / entry["location"], "rb") as handle:
-                handle.seek(int(entry.get("offset", 0)))
-                data = handle.read(length)
+            data = _read_external(main_path.parent, entry)
             where = (entry["location"], int(entry.get("offset", 0)), length)
         elif len(tensor.raw_data) >= _SHARE_MIN_BYTES:
             data = tensor.raw_data
@@ -733,6 +732,13 @@ def _locate_tensors(main, main_path: Path, blob) -> dict[tuple, tuple[str, int, 
             continue
         located.setdefault((tensor.data_type, hashlib.sha256(data).digest()), where)
     return located
+
+
+def _read_external(folder: Path, entry: dict) -> bytes:
+    """The bytes an ONNX external-data entry (location, offset, length) points at, in `folder`."""
+    with open(folder / entry["location"], "rb") as handle:
+        handle.seek(int(entry.get("offset", 0)))
+        return handle.read(int(entry["length"]))
 
 
 def _load_borrowing_graph(path: Path):
@@ -754,9 +760,7 @@ def _load_borrowing_graph(path: Path):
         if Path(location).name != location or location in ("", ".", ".."):
             raise ProrankError(f"{path}: tensor {tensor.name!r} points outside the artifact folder ({location!r})")
         try:
-            with open(path.parent / location, "rb") as handle:
-                handle.seek(int(entry.get("offset", 0)))
-                data = handle.read(int(entry["length"]))
+            data = _read_external(path.parent, entry)
         except (OSError, KeyError, ValueError) as exc:
             raise ProrankError(f"{path}: cannot read tensor {tensor.name!r} from {location} ({exc})") from None
         if len(data) != int(entry["length"]):

@@ -258,6 +258,17 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.nd
     return ids, mask
 
 
+def right_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int64 ids and mask: every row starts at the same position (a suffix, right after its prefix)."""
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
 def position_ids(attention_mask: np.ndarray) -> np.ndarray:
     """Positions that start at 0 on each row's first real token (pads get 0), as generation does."""
     return np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None).astype(np.int64)
@@ -319,3 +330,12 @@ def prefix_batches(token_ids: Sequence[Sequence[int]], groups: Sequence | None, 
         for batch in length_batches([len(token_ids[i]) for i in indices], batch_size, max_tokens):
             out.append((prefix, [indices[k] for k in batch]))
     return out
+
+
+def plan_batches(token_ids: Sequence[Sequence[int]], groups: Sequence | None, batch_size: int,
+                 max_tokens: int | None, share_prefix: bool) -> list[tuple[int, list[int]]]:
+    """What to score together: `prefix_batches` with the prefix cache, else length batches over all prompts
+    (any groups mixed) with no prefix (0)."""
+    if share_prefix:
+        return prefix_batches(token_ids, groups, batch_size, max_tokens)
+    return [(0, batch) for batch in length_batches([len(t) for t in token_ids], batch_size, max_tokens)]

@@ -99,22 +99,17 @@ class Reranker:
         groups: a key per prompt (e.g. its query); with the prefix cache on, a batch holds one group only and
         the group's shared prefix is computed once. None: all prompts form one group.
         """
-        from .contract import length_batches, prefix_batches
+        from .backends.base import score_sharing
+        from .contract import plan_batches
 
         scores = np.empty(len(token_ids), dtype=np.float32)
-        size = batch_size or self.batch_size
-        reuse = self.prefix_cache and self.backend.reuses_prefix
-        if reuse:
-            batches = prefix_batches(token_ids, groups, size, self.backend.max_batch_tokens)
-        else:
-            batches = [(0, b) for b in length_batches([len(t) for t in token_ids], size, self.backend.max_batch_tokens)]
+        backend = self.backend
+        batches = plan_batches(token_ids, groups, batch_size or self.batch_size, backend.max_batch_tokens,
+                               self.prefix_cache and backend.reuses_prefix)
         with _progress(len(token_ids), show_progress_bar, "scoring") as bar:
             for prefix, batch in batches:
-                if prefix:
-                    head = token_ids[batch[0]][:prefix]
-                    scores[batch] = self.backend.score_with_prefix(head, [token_ids[i][prefix:] for i in batch])
-                else:
-                    scores[batch] = self.backend.score_batch([token_ids[i] for i in batch])
+                scores[batch] = score_sharing(backend.score_batch, backend.score_with_prefix,
+                                              [token_ids[i] for i in batch], prefix)
                 bar.update(len(batch))
         return scores
 

@@ -10,6 +10,13 @@ import numpy as np
 from ..contract import PromptBuilder, ScoringContract
 
 
+def score_sharing(score_batch, score_with_prefix, prompts: Sequence[Sequence[int]], prefix: int) -> np.ndarray:
+    """Scores of prompts whose first `prefix` tokens are the same: whole prompts when 0, else the prefix once."""
+    if prefix:
+        return score_with_prefix(prompts[0][:prefix], [p[prefix:] for p in prompts])
+    return score_batch(prompts)
+
+
 class ScoringBackend(ABC):
     """Scores batches of ProRank prompt token ids; everything before the ids lives in `contract.py`."""
 

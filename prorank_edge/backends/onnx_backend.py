@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..contract import ScoringContract, left_pad
+from ..contract import ScoringContract, left_pad, right_pad
 from ..devices import parse_device
 from ..errors import ProrankError
 from ..formats import (
@@ -76,17 +76,6 @@ def weights_fingerprint(folder: Path) -> dict:
             handle.seek(max(0, size - (1 << 20)))
             digest.update(handle.read(1 << 20))
     return {"sizes": sizes, "sha256_head_tail": digest.hexdigest()}
-
-
-def right_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded int64 ids and mask: every suffix starts at the same position, right after the prefix."""
-    width = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    return ids, mask
 
 
 def reuse_scores(suffix_session, past: Sequence[np.ndarray], suffixes: Sequence[Sequence[int]]) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..contract import ScoringContract, left_pad, position_ids
+from ..contract import ScoringContract, left_pad, position_ids, right_pad
 from ..devices import cpu_has_native_bf16, parse_device
 from ..errors import ContractError, ProrankError
 from .base import ScoringBackend
@@ -79,8 +79,11 @@ def last_position_scores(body, head_row: torch.Tensor, head_offset: torch.Tensor
 
 def prefix_key_values(body, prefix_ids) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """Per-layer (keys, values) of one prompt prefix [1, P], positions 0..P-1."""
-    out = body(input_ids=prefix_ids, use_cache=True)
-    cache = out.past_key_values
+    return cache_layers(body(input_ids=prefix_ids, use_cache=True).past_key_values)
+
+
+def cache_layers(cache) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """(keys, values) per layer of a transformers cache (a Cache with `.layers`, or the legacy tuple)."""
     return tuple((layer.keys, layer.values) for layer in cache.layers) if hasattr(cache, "layers") \
         else tuple((k, v) for k, v in cache)
 
@@ -168,13 +171,11 @@ class TorchBackend(ScoringBackend):
             ids = torch.tensor([key], dtype=torch.long, device=self.device)
             self._prefix = (key, prefix_key_values(self.body, ids))
             computed += len(key)
-        lengths = [len(s) for s in suffixes]
-        ids = np.zeros((len(suffixes), max(lengths)), dtype=np.int64)
-        for row, suffix in enumerate(suffixes):
-            ids[row, : len(suffix)] = suffix
+        ids, mask = right_pad(suffixes)
+        lengths = mask.sum(axis=1)
         scores = suffix_scores(self.body, self.head_row, self.head_offset, self._prefix[1],
-                               torch.from_numpy(ids).to(self.device), torch.tensor(lengths, device=self.device))
-        self.count_tokens(len(key) * len(suffixes) + sum(lengths), computed)
+                               torch.from_numpy(ids).to(self.device), torch.from_numpy(lengths).to(self.device))
+        self.count_tokens(len(key) * len(suffixes) + int(lengths.sum()), computed)
         return scores.cpu().numpy().astype(np.float32)
 
     def describe(self) -> dict:

@@ -4,7 +4,7 @@ Requests hand in their prompts' token ids and await a future. The worker thread 
 groups it by length with `contract.length_batches` (the bucketing every backend uses offline), so one forward
 pass may hold documents of several requests, and writes each score back to its own (request, index) slot. With
 the backend's prefix reuse on, a request of a few documents or more has passes of its own
-(`contract.prefix_batches`), so its shared prompt prefix is computed once; smaller requests still merge. A
+(`contract.plan_batches`), so its shared prompt prefix is computed once; smaller requests still merge. A
 request whose client went away is cancelled: what it still had queued is dropped before scoring, never scored.
 The event loop only queues and awaits, so it never blocks on the model.
 """
@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..contract import length_batches, prefix_batches
+from ..backends.base import score_sharing
+from ..contract import plan_batches
 
 # Requests with at least this many documents get their own batches and their own prefix pass.
 PREFIX_MIN_DOCUMENTS = 4
@@ -219,14 +220,11 @@ class DynamicBatcher:
     def _score_jobs(self, jobs: list[_Job]) -> None:
         items = [(job, i) for job in jobs for i in range(len(job.token_ids))]
         prompts = [job.token_ids[i] for job, i in items]
-        if self._score_with_prefix is not None:
-            # A request of a few documents gains little from a prefix pass of its own and would lose the forward
-            # pass it can share: those merge as before, under the prefix all of them share (the system prompt).
-            keys = [id(job) if len(job.token_ids) >= PREFIX_MIN_DOCUMENTS else None for job, _ in items]
-            batches = prefix_batches(prompts, keys, self.batch_size, self.max_batch_tokens)
-        else:
-            batches = [(0, b) for b in length_batches([len(p) for p in prompts], self.batch_size,
-                                                      self.max_batch_tokens)]
+        # A request of a few documents gains little from a prefix pass of its own and would lose the forward pass it
+        # can share: those merge as before, under the prefix all of them share (the system prompt).
+        keys = [id(job) if len(job.token_ids) >= PREFIX_MIN_DOCUMENTS else None for job, _ in items]
+        batches = plan_batches(prompts, keys, self.batch_size, self.max_batch_tokens,
+                               self._score_with_prefix is not None)
         for prefix, batch in batches:
             with self._cond:
                 # A request cancelled while earlier batches ran loses its remaining items here, before scoring.
@@ -240,12 +238,8 @@ class DynamicBatcher:
                 continue
             started = time.perf_counter()
             try:
-                if prefix:
-                    head = live[0][0].token_ids[live[0][1]][:prefix]
-                    scores = self._score_with_prefix(head, [job.token_ids[i][prefix:] for job, i in live])
-                else:
-                    scores = self._score_batch([job.token_ids[i] for job, i in live])
-                scores = np.asarray(scores, dtype=np.float32)
+                scores = np.asarray(score_sharing(self._score_batch, self._score_with_prefix,
+                                                  [job.token_ids[i] for job, i in live], prefix), dtype=np.float32)
                 if scores.shape != (len(live),):
                     raise RuntimeError(f"the backend returned {scores.shape} scores for {len(live)} prompts")
             except Exception as exc:  # noqa: BLE001 - the failure goes to the requests; the worker goes on
