@@ -57,7 +57,7 @@ _SHARE_MIN_BYTES = 1024
 # Largest |reuse-graph score - model.onnx score| the export accepts on its test prompts, per level. Both sides
 # run the same weights; measured: under 3e-7 at fp32, int8 and int4, 0 at fp16 (CPU) on the tiny test models,
 # under 8e-6 on SmolLM2-135M; fp16 gets room for rounding that lands differently on another provider.
-_REUSE_TOLERANCE = {"fp32": 1e-3, "int8": 1e-3, "int4": 1e-3, "fp16": 3e-2}
+_REUSE_TOLERANCE = {"fp32": 1e-3, "int8": 1e-3, "w8a8": 1e-3, "int4": 1e-3, "fp16": 3e-2}
 
 
 def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp32", opset: int = DEFAULT_OPSET,
@@ -65,8 +65,10 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
     """Export the checkpoint in `model_dir` to an ONNX scoring artifact folder; returns its export_info.
 
     quant: "fp32"; "fp16" (for GPUs; inputs, output and score head stay fp32); "int8" (8-bit weight-only
-    MatMulNBits, symmetric blocks of 32); "int4" (4-bit weight-only MatMulNBits, min-max blocks of 32 with
-    float zero points, and the embedding table as 4-bit GatherBlockQuantized). Activations stay fp32.
+    MatMulNBits, symmetric blocks of 32); "w8a8" (8-bit weights and per-token 8-bit activations on integer
+    GEMMs, smoothed and calibrated on the built-in pairs: export/onnx_int8.py); "int4" (4-bit weight-only
+    MatMulNBits, min-max blocks of 32 with float zero points, and the embedding table as 4-bit
+    GatherBlockQuantized). Activations stay fp32 except in w8a8.
     max_length: stored in the artifact's contract (default: the checkpoint's contract).
     The folder is built beside `output_dir` and renamed into place only when complete.
     """
@@ -108,8 +110,9 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
         for path in (fp32_path, *reuse_fp32.values()):
             _consolidate_external_data(path)
         fp32_bytes = _onnx_bytes(fp32_path)
-        model_path = _write_model(fp32_path, staging, quant)
-        shared = _write_reuse_graphs(reuse_fp32, staging, quant)
+        factors = _w8a8_factors(fp32_path, prompts) if quant == "w8a8" else None
+        model_path = _write_model(fp32_path, staging, quant, factors=factors)
+        shared = _write_reuse_graphs(reuse_fp32, staging, quant, factors)
         shutil.rmtree(traced)
         _check_graph_scores(model_path, sample, expected if quant == "fp32" else None)
         _check_reuse_graphs(staging, prompts, quant)
@@ -131,7 +134,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
             "max_length": prompts.max_length,
             "fp32_model_bytes": fp32_bytes,
             "model_bytes": _onnx_bytes(model_path),
-            **_reuse_info(staging, shared),
+            **_reuse_info(staging, shared), **_w8a8_info(factors),
             "export_seconds": round(time.perf_counter() - started, 1),
             "prorank_edge_version": __version__,
             "torch_version": torch.__version__,
@@ -170,17 +173,18 @@ def quantize_onnx(artifact_dir: str | Path, output_dir: str | Path, quant: str, 
     if not all(path.is_file() for path in reuse_sources.values()):
         reuse_sources = {}
     with _staging_folder(output_dir, overwrite) as staging:
-        model_path = _write_model(source_model, staging, quant, copy=True)
+        factors = _w8a8_factors(source_model, prompts) if quant == "w8a8" else None
+        model_path = _write_model(source_model, staging, quant, copy=True, factors=factors)
         # model.onnx first: the reuse graphs read their weights from it, so a broken one fails them too.
         _check_graph_scores(model_path, _sample_inputs(prompts), None)
-        shared = _write_reuse_graphs(reuse_sources, staging, quant) if reuse_sources else None
+        shared = _write_reuse_graphs(reuse_sources, staging, quant, factors) if reuse_sources else None
         if reuse_sources:
             _check_reuse_graphs(staging, prompts, quant)
         shutil.copyfile(artifact_dir / TOKENIZER_FILENAME, staging / TOKENIZER_FILENAME)
         prompts.contract.save(staging)
         source_info = {k: v for k, v in source_info.items() if k not in _REUSE_INFO_KEYS}
         info = dict(source_info, quant=quant, source_artifact=str(artifact_dir.resolve()),
-                    model_bytes=_onnx_bytes(model_path), **_reuse_info(staging, shared),
+                    model_bytes=_onnx_bytes(model_path), **_reuse_info(staging, shared), **_w8a8_info(factors),
                     export_seconds=round(time.perf_counter() - started, 1),
                     prorank_edge_version=__version__, onnxruntime_version=_version("onnxruntime"))
         _write_export_info(staging, info)
@@ -198,7 +202,7 @@ def _refuse_existing(output_dir: Path, overwrite: bool) -> None:
         raise ProrankError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False) -> Path:
+def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False, factors: dict | None = None) -> Path:
     """staging/model.onnx in the asked-for precision, made from the fp32 graph at `fp32_path`."""
     target = staging / ONNX_MODEL_FILENAME
     if quant == "fp32":
@@ -207,13 +211,18 @@ def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False)
         if (fp32_path.parent / ONNX_EXTERNAL_DATA_FILENAME).is_file():
             transfer(fp32_path.parent / ONNX_EXTERNAL_DATA_FILENAME, staging / ONNX_EXTERNAL_DATA_FILENAME)
     else:
-        _convert(fp32_path, target, quant)
+        _convert(fp32_path, target, quant, factors)
     return target
 
 
-def _convert(fp32_path: Path, target: Path, quant: str) -> None:
+def _convert(fp32_path: Path, target: Path, quant: str, factors: dict | None = None) -> None:
+    """factors: w8a8's channel factors (onnx_int8.channel_factors), the same for model.onnx and the reuse graphs."""
     if quant == "int8":
         _quantize_int8(fp32_path, target)
+    elif quant == "w8a8":
+        from .onnx_int8 import quantize_int8
+
+        _save_onnx(quantize_int8(_load_onnx(fp32_path), factors), target)
     elif quant == "int4":
         _quantize_int4(fp32_path, target)
     else:
@@ -510,6 +519,28 @@ def _quantize_int4(source: Path, target: Path) -> None:
     _save_onnx(embedding.model.model, target)
 
 
+def _w8a8_factors(fp32_path: Path, prompts: PromptBuilder) -> dict:
+    """Smoothing factors and outlier channels for w8a8, calibrated by onnxruntime on the built-in pairs (no
+    torch; the outlier channels belong to the model, not to one text)."""
+    from ..contract import left_pad
+    from .onnx_int8 import calibrate, channel_factors
+    from .parity import builtin_pairs
+
+    token_ids = prompts.build_pairs(builtin_pairs())
+    feeds = [dict(zip(ONNX_INPUT_NAMES, left_pad(token_ids[i:i + 8]))) for i in range(0, len(token_ids), 8)]
+    return channel_factors(calibrate(fp32_path, feeds))
+
+
+def _w8a8_info(factors: dict | None) -> dict:
+    if factors is None:
+        return {}
+    from .onnx_int8 import INT8_SMOOTHING_ALPHA, OUTLIER_RATIO
+
+    return {"w8a8": {"smoothing_alpha": INT8_SMOOTHING_ALPHA, "outlier_ratio": OUTLIER_RATIO,
+                     "matmuls": len(factors), "outlier_channels": sum(len(f["outliers"]) for f in factors.values()),
+                     "calibration": "built-in pairs (export/parity.py)"}}
+
+
 def _min_max_block_quantizer(config):
     """onnxruntime's HQQ block quantizer without its iterative refinement and zero-point rounding.
 
@@ -636,7 +667,7 @@ def _check_graph_scores(path: Path, sample: dict, expected) -> None:
 _REUSE_INFO_KEYS = ("prefix_reuse",)
 
 
-def _write_reuse_graphs(sources: dict[str, Path], staging: Path, quant: str) -> int:
+def _write_reuse_graphs(sources: dict[str, Path], staging: Path, quant: str, factors: dict | None = None) -> int:
     """staging/prefix.onnx and suffix.onnx in the asked-for precision, their weights read from model.onnx.
 
     Each is converted exactly as model.onnx was (the quantizers are deterministic), so its weight tensors are
@@ -652,7 +683,7 @@ def _write_reuse_graphs(sources: dict[str, Path], staging: Path, quant: str) -> 
                     if model is not None:  # its weights gathered inline, for the quantizers (they take paths)
                         _save_onnx(model, work / f"fp32-{name}")
                         source = work / f"fp32-{name}"
-                    _convert(source, work / name, quant)
+                    _convert(source, work / name, quant, factors)
                     source, model = work / name, None
                 if model is None:
                     model = _load_onnx(source)

@@ -52,6 +52,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def int8_sums_may_saturate() -> bool:
+    """True on x86 CPUs without AVX-512 VNNI or AVX-VNNI: there onnxruntime's u8 x s8 GEMM (the ONNX w8a8 level)
+    adds products in pairs into saturating int16 (vpmaddubsw), which 8-bit weights can overflow."""
+    import platform
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return x86 and not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run natively (measured 2.3x faster than fp32 on such a CPU)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())

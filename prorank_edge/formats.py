@@ -31,7 +31,9 @@ GGUF_CONTRACT_KEY = "prorank.contract"
 GGUF_TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
 
 # ---- quantization levels ----------------------------------------------------------------------------------
-QUANTS = {"onnx": ("fp32", "fp16", "int8", "int4"), "gguf": ("f16", "q8_0", "q4_k_m")}
+# onnx int8: 8-bit weights, fp32 compute (accurate, not faster); w8a8: 8-bit weights and activations on
+# integer GEMMs (export/onnx_int8.py: faster, less exact).
+QUANTS = {"onnx": ("fp32", "fp16", "int8", "w8a8", "int4"), "gguf": ("f16", "q8_0", "q4_k_m")}
 # The 8-bit levels: the smallest that keep ranking close to fp32 (Spearman on SmolLM2: onnx int8 0.998, gguf
 # q8_0 0.996 with smoothing; the 4-bit levels 0.989 and 0.978).
 DEFAULT_QUANT = {"onnx": "int8", "gguf": "q8_0"}

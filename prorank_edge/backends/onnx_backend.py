@@ -9,6 +9,7 @@ prefix once and scores only the rest of every prompt against its keys/values.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..contract import ScoringContract, left_pad, right_pad
-from ..devices import parse_device
+from ..devices import int8_sums_may_saturate, parse_device
 from ..errors import ProrankError
 from ..formats import (
     ONNX_EXPORT_INFO_FILENAME,
@@ -111,6 +112,11 @@ class OnnxBackend(ScoringBackend):
             raise ProrankError(f"{tokenizer_file}: cannot read this tokenizer ({exc})") from None
         super().__init__(tokenizer, contract or ScoringContract.load(folder), max_length)
         self.export_info = _read_export_info(folder / ONNX_EXPORT_INFO_FILENAME)
+        if self.export_info.get("quant") == "w8a8" and int8_sums_may_saturate():
+            # A per-machine fact, so it is told at load, not decided at export (export/onnx_int8.py says why).
+            warnings.warn(f"{folder}: a w8a8 artifact on a CPU without VNNI: onnxruntime's u8 x s8 kernel adds "
+                          "products in saturating int16 here, which can move scores; the int8 level has no such "
+                          "limit", RuntimeWarning, stacklevel=2)
 
         self.threads = int(threads) if threads else None
         options = ort.SessionOptions()

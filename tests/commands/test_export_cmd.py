@@ -15,7 +15,7 @@ def test_quant_level_the_format_lacks(tmp_path):
     assert result.exit_code == 2
     assert "--quant 'int8' is not a gguf level; choose one of: f16, q8_0, q4_k_m" in result.output
     result = run(["export", "--format", "onnx", "--quant", "q4_k_m", "--output", str(tmp_path / "m")])
-    assert result.exit_code == 2 and "fp32, fp16, int8, int4" in result.output
+    assert result.exit_code == 2 and "fp32, fp16, int8, w8a8, int4" in result.output
     result = run(["export", "--format", "onnx", "--smooth", "0.5", "--output", str(tmp_path / "m")])
     assert result.exit_code == 2 and "--smooth applies to GGUF exports only" in result.output
     result = run(["export", "--format", "gguf", "--smooth", "1.5", "--output", str(tmp_path / "m.gguf")])

@@ -24,7 +24,8 @@ from prorank_edge.errors import ContractError, ProrankError  # noqa: E402
 # SmolLM2 prompts (85 template tokens) are cut to this length: the file scores 40 pairs three times with a
 # 135M-parameter model on two CPU cores.
 SMOLLM2_MAX_LENGTH = 128
-MIN_SPEARMAN = {"int8": 0.99, "int4": 0.95}
+# w8a8 rounds activations too: 0.978 per query on 16 SciFact queries x 20 (export/onnx_int8.py)
+MIN_SPEARMAN = {"int8": 0.99, "w8a8": 0.95, "int4": 0.95}
 
 
 def _export(*args, **kwargs):
@@ -52,7 +53,7 @@ def smollm2_onnx(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("smollm2_onnx")
     artifacts = {"fp32": root / "fp32"}
     _export(smollm2_dir, artifacts["fp32"], max_length=SMOLLM2_MAX_LENGTH)
-    for quant in ("int8", "int4"):
+    for quant in ("int8", "w8a8", "int4"):
         artifacts[quant] = root / quant
         _quantize(artifacts["fp32"], artifacts[quant], quant)
     return artifacts
@@ -159,7 +160,7 @@ def test_fp16_scores_close(tiny_qwen2_onnx, tmp_path):
 # ---- quantized SmolLM2 -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quant", ["int8", "int4"])
+@pytest.mark.parametrize("quant", ["int8", "w8a8", "int4"])
 def test_quantized_ranking_agrees_with_torch(quant, smollm2_onnx, smollm2_reference, scifact_pairs):
     from scipy.stats import spearmanr
 
@@ -175,7 +176,7 @@ def test_quantized_ranking_agrees_with_torch(quant, smollm2_onnx, smollm2_refere
           f"same top document for {top_agreement:.0%} of queries, "
           f"{info['model_bytes'] / 1e6:.0f} MB (fp32 {info['fp32_model_bytes'] / 1e6:.0f} MB)")
     assert rho >= MIN_SPEARMAN[quant]
-    assert info["model_bytes"] < {"int8": 0.5, "int4": 0.25}[quant] * info["fp32_model_bytes"]
+    assert info["model_bytes"] < {"int8": 0.5, "w8a8": 0.5, "int4": 0.25}[quant] * info["fp32_model_bytes"]
 
 
 @pytest.mark.slow

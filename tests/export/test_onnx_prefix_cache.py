@@ -186,7 +186,7 @@ def test_prefix_keys_values_are_kept_between_calls(tiny_qwen2_onnx, tiny_qwen2_d
 
 # ---- quantized levels ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("quant", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("quant", ["int8", "w8a8", "int4", "fp16"])
 def test_quantized_reuse_keeps_the_ranking(quant, quantized, tiny_qwen2_onnx):
     import onnx
 
@@ -197,6 +197,8 @@ def test_quantized_reuse_keeps_the_ranking(quant, quantized, tiny_qwen2_onnx):
     ops = {node.op_type for node in suffix.node}
     if quant in ("int8", "int4"):
         assert "MatMulNBits" in ops
+    if quant == "w8a8":
+        assert "MatMulInteger" in ops
     if quant == "int4":
         assert "GatherBlockQuantized" in ops
     if quant == "fp16":
