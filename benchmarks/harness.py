@@ -358,6 +358,19 @@ def summarize_peer_minilm(raw: dict, workload: dict, qrels: dict, top_k: int, mo
     }
 
 
+def summarize_openvino(raw: dict, workload: dict, qrels: dict, top_k: int, params: dict, peaks: dict,
+                       artifact: Path, reference: dict | None) -> dict:
+    """A peer row for OpenVINO on the same model.onnx; whole prompts, so its FLOPs are the prompt tokens'."""
+    from ..export import artifact_size
+
+    variant = Variant(f"openvino-{raw['describe']['precision']}", "openvino", raw["describe"]["precision"])
+    row = summarize_variant(variant, dict(raw, same_token_ids=True,
+                                          prompt_tokens=[sum(map(len, q["token_ids"])) for q in workload["queries"]]),
+                            workload, qrels, top_k, params, peaks, artifact, reference)
+    row.update(kind="peer", artifact_mb=artifact_size(artifact) / 2**20, prefix_cache=False, computed_share=1.0)
+    return row
+
+
 def summarize_bm25(bm25: dict, workload: dict, qrels: dict, top_k: int) -> dict:
     queries = workload["queries"]
     qids = [q["qid"] for q in queries]
@@ -376,14 +389,15 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
                   top_k: int = 20, formats: str | Sequence[str] = BENCH_FORMATS,
                   output_dir: str | Path = "bench-results",
                   repeats: int = 2, threads: int | None = None, artifacts_dir: str | Path | None = None,
-                  batch_size: int = 16, minilm: bool = True, bare: bool = True,
+                  batch_size: int = 16, minilm: bool = True, bare: bool = True, openvino: bool = True,
                   scale_formats: str | Sequence[str] | None = None, scale_candidates: Sequence[int] = (10, 50, 100),
                   scale_lengths: Sequence[int] = (128, 256, 512), scale_documents: int = 10, nice: int = 0,
                   log: Callable[[str], None] | None = None) -> dict:
     """Run the whole benchmark and write bench.json, bench.md and bench.png into `output_dir`; returns the report.
 
     scale_formats: variants that also run the candidate-count and prompt-length sweeps (None: all of them;
-    empty: none). nice: niceness of the worker processes (the machine may be shared).
+    empty: none). nice: niceness of the worker processes (the machine may be shared). openvino: OpenVINO peers
+    (f32, and bf16 where the CPU has it) on the onnx-fp32 artifact, when onnx-fp32 runs and openvino is installed.
     """
     from ..evaluation.beir import load_beir, resolve_beir
     from ..models import cache_dir, ensure_cache_folder, resolve_model
@@ -492,6 +506,24 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
             save(final=False)
             log(f"{variant.name}: nDCG@10 {row['ndcg@10']:.4f}, {row['docs_per_s']:.2f} docs/s, "
                 f"p50 {row['latency_p50_ms']:.0f} ms")
+
+        # OpenVINO reads the same model.onnx: is onnxruntime the right engine for it on this CPU?
+        onnx_fp32 = next((r for r in report["systems"] if r["name"] == "onnx-fp32"), None)
+        if openvino and onnx_fp32 is not None and importlib.util.find_spec("openvino") is not None:
+            for precision in ["f32"] + (["bf16"] if cpu_has_native_bf16() else []):
+                name = f"openvino-{precision}"
+                log(f"peer: {name} on {Path(onnx_fp32['artifact']).name}/model.onnx")
+                try:
+                    artifact = Path(onnx_fp32["artifact"])
+                    raw = run_worker({"kind": "openvino", "name": name, "model": str(artifact / "model.onnx"),
+                                      "precision": precision, "workload": str(workload_file), "threads": threads,
+                                      "repeats": repeats, "batch_size": batch_size}, work, threads, nice)
+                    report["systems"].append(summarize_openvino(raw, workload, qrels, top_k, params, peaks,
+                                                                artifact, reference))
+                    save(final=False)
+                except Exception as exc:
+                    report["errors"][name] = f"{type(exc).__name__}: {exc}"
+                    log(f"{name} failed: {exc}")
 
     final = save(final=True)
     log(f"wrote {', '.join(str(output_dir / f) for f in RESULT_FILES)}")

@@ -51,7 +51,13 @@ def markdown_report(report: dict) -> str:
         lines += ["**Partial results**: the run had not measured every system yet when this was written.", ""]
     lines += ["## Accuracy and speed", ""]
     header = ["system", "nDCG@10", "MRR@10", "docs/s", "p50 ms", "p95 ms", "load s", "peak RSS MB", "size MB",
-              "Spearman vs fp32 (per query)", "tokens computed / prompt tokens", "share of peak"]
+              "Spearman vs fp32 (per query)", "tokens computed / prompt tokens", "share of peak", "x torch bf16",
+              "x torch fp32"]
+    speeds = {r["name"]: r.get("docs_per_s") for r in report["systems"]}
+
+    def ratio(r, name):
+        return _fmt(r["docs_per_s"] / speeds[name], 2, "x") if r.get("docs_per_s") and speeds.get(name) else "–"
+
     rows = []
     for r in report["systems"]:
         share = r.get("ceiling", {})
@@ -60,7 +66,8 @@ def markdown_report(report: dict) -> str:
                      _fmt(r.get("latency_p50_ms"), 1), _fmt(r.get("latency_p95_ms"), 1), _fmt(r.get("load_s")),
                      _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("artifact_mb"), 1),
                      _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4),
-                     _fmt(100 * r["computed_share"], 1, "%") if "computed_share" in r else "–", share_text])
+                     _fmt(100 * r["computed_share"], 1, "%") if "computed_share" in r else "–", share_text,
+                     ratio(r, "torch-bf16"), ratio(r, "torch-fp32")])
     lines += _table(header, rows)
     lines += ["", "docs/s and latencies cover the whole toolkit path (tokenization, prompt building, scoring); "
                   "per-query latency is for the full candidate list. BM25's latency is retrieval over the corpus. "
@@ -68,7 +75,9 @@ def markdown_report(report: dict) -> str:
                   "prompt prefix once), on by default; benchmarks/prefix_cache.py measures it on against off. "
                   "Share of peak: 2 x matmul parameters x computed tokens/s over the measured fp32 GEMM rate. "
                   "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
-                  "over queries."]
+                  "over queries. x torch bf16 / fp32: docs/s over that variant's, same run. openvino-*: OpenVINO "
+                  "on the onnx-fp32 artifact's model.onnx, same token ids and batches, whole prompts (no prefix "
+                  "cache), at that inference precision."]
     bare_rows = [[r["name"], r["bare_engine"]["engine"], _fmt(r["bare_engine"]["docs_per_s"]),
                   _fmt(r["bare_engine"]["toolkit_docs_per_s_paired"]), _fmt(r["bare_engine"]["overhead_pct"], 1, "%"),
                   f"{r['bare_engine']['max_abs_score_diff']:.2e}"]

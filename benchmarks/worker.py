@@ -9,7 +9,9 @@ Job kinds:
   variant  the toolkit's Reranker on one backend/quant; optionally the bare engine on the same artifact and
            token ids, interleaved query by query with the toolkit so both see the same machine load
   minilm   the all-MiniLM-L6-v2 bi-encoder peer (transformers, mean pooling, cosine)
-  gemm     the machine's measured matmul throughput (torch fp32, and bf16 where the CPU has it natively)
+  openvino OpenVINO on an ONNX artifact's model.onnx, same token ids and batches (a peer runtime)
+  gemm     the machine's measured matmul throughput (torch fp32, bf16 where the CPU has it natively, and
+           onnxruntime's u8 x s8 int8 GEMM)
 """
 
 from __future__ import annotations
@@ -359,6 +361,82 @@ def run_minilm(job: dict, workload: dict) -> dict:
             "peak_rss_bytes": _peak_rss_bytes()}
 
 
+def run_openvino(job: dict, workload: dict) -> dict:
+    """OpenVINO on the ONNX artifact's model.onnx: the same token ids and batches as the toolkit, whole prompts
+    (no prefix reuse), at one inference precision ("f32", or "bf16" where the CPU has it)."""
+    t0 = time.perf_counter()
+    import openvino as ov
+
+    from ..contract import left_pad, length_batches
+
+    import_s = time.perf_counter() - t0
+    rss_before_load = _rss_bytes()
+    t0 = time.perf_counter()
+    core = ov.Core()
+    compiled = core.compile_model(job["model"], "CPU", {
+        "INFERENCE_PRECISION_HINT": job["precision"], "INFERENCE_NUM_THREADS": str(job["threads"]),
+        "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    load_s = time.perf_counter() - t0
+    rss_after_load = _rss_bytes()
+
+    def score(token_ids: list[list[int]]) -> list[float]:
+        out = np.empty(len(token_ids), dtype=np.float32)
+        for batch in length_batches([len(t) for t in token_ids], job["batch_size"], None):
+            ids, mask = left_pad([token_ids[i] for i in batch])
+            out[batch] = np.asarray(request.infer(dict(zip(ONNX_INPUT_NAMES, (ids, mask))))[0]).reshape(-1)
+        return out.tolist()
+
+    queries = workload["queries"]
+    t0 = time.perf_counter()
+    score(queries[0]["token_ids"][:WARMUP_PAIRS])
+    warmup_s = time.perf_counter() - t0
+    scores, repetitions = [], []
+    for rep in range(job["repeats"]):
+        latencies = []
+        for query in queries:
+            t0 = time.perf_counter()
+            query_scores = score(query["token_ids"])
+            latencies.append(time.perf_counter() - t0)
+            if rep == 0:
+                scores.append(query_scores)
+        repetitions.append(latencies)
+        _status(job["name"], f"repetition {rep + 1}/{job['repeats']}: "
+                             f"{sum(len(q['texts']) for q in queries) / sum(latencies):.2f} docs/s")
+    return {"describe": {"backend": "openvino", "version": ov.__version__, "model": job["model"],
+                         "precision": job["precision"], "threads": job["threads"]},
+            "import_s": import_s, "load_s": load_s, "warmup_s": warmup_s, "rss_before_load_bytes": rss_before_load,
+            "rss_after_load_bytes": rss_after_load, "latencies_s": repetitions, "scores": scores,
+            "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def _int8_gemm_gflops(threads: int) -> float | None:
+    """u8 x s8 -> int32 GEMM giga-ops/s on onnxruntime's MatMulInteger (MLAS), the kernel w8a8 runs on."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    n = GEMM_SIZE
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-127, 128, (n, n), dtype=np.int8)}
+    session.run(None, feed)
+    times = []
+    for _ in range(GEMM_ITERATIONS):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
 def run_gemm(job: dict) -> dict:
     """Measured matmul GFLOP/s: the compute ceiling that model throughput is set against."""
     import torch
@@ -377,6 +455,9 @@ def run_gemm(job: dict) -> dict:
             times.append(time.perf_counter() - t0)
         # The best run: the ceiling is what the hardware can do, not what a noisy neighbour left.
         out[name + "_gflops"] = 2 * GEMM_SIZE ** 3 / min(times) / 1e9
+    int8 = _int8_gemm_gflops(job["threads"])
+    if int8 is not None:
+        out["int8_gflops"] = int8
     return out
 
 
@@ -389,7 +470,8 @@ def main(argv: list[str]) -> int:
         result = run_gemm(job)
     else:
         workload = json.loads(Path(job["workload"]).read_text(encoding="utf-8"))
-        result = run_variant(job, workload) if job["kind"] == "variant" else run_minilm(job, workload)
+        runs = {"variant": run_variant, "minilm": run_minilm, "openvino": run_openvino}
+        result = runs[job["kind"]](job, workload)
     Path(argv[1]).write_text(json.dumps(result), encoding="utf-8")
     return 0
 

