@@ -56,8 +56,10 @@ _PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 _SHARE_MIN_BYTES = 1024
 # Largest |reuse-graph score - model.onnx score| the export accepts on its test prompts, per level. Both sides
 # run the same weights; measured: under 3e-7 at fp32, int8 and int4, 0 at fp16 (CPU) on the tiny test models,
-# under 8e-6 on SmolLM2-135M; fp16 gets room for rounding that lands differently on another provider.
-_REUSE_TOLERANCE = {"fp32": 1e-3, "int8": 1e-3, "w8a8": 1e-3, "int4": 1e-3, "fp16": 3e-2}
+# under 8e-6 on SmolLM2-135M; fp16 gets room for rounding that lands differently on another provider. w8a8
+# rounds activations at run time, so a value a summation order puts on the other side of a rounding step
+# moves by a whole int8 step: 6.5e-3 on SmolLM2-135M's export prompts.
+_REUSE_TOLERANCE = {"fp32": 1e-3, "int8": 1e-3, "w8a8": 3e-2, "int4": 1e-3, "fp16": 3e-2}
 
 
 def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp32", opset: int = DEFAULT_OPSET,

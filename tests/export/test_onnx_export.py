@@ -24,8 +24,9 @@ from prorank_edge.errors import ContractError, ProrankError  # noqa: E402
 # SmolLM2 prompts (85 template tokens) are cut to this length: the file scores 40 pairs three times with a
 # 135M-parameter model on two CPU cores.
 SMOLLM2_MAX_LENGTH = 128
-# w8a8 rounds activations too: 0.978 per query on 16 SciFact queries x 20 (export/onnx_int8.py)
-MIN_SPEARMAN = {"int8": 0.99, "w8a8": 0.95, "int4": 0.95}
+# w8a8 rounds activations too: per query 0.978-0.980 on 16-20 SciFact queries x 20 (export/onnx_int8.py); this
+# sample (4 queries x 10, prompts cut to 128) was not measured, so the bound only catches a broken graph (0.2)
+MIN_SPEARMAN = {"int8": 0.99, "w8a8": 0.93, "int4": 0.95}
 
 
 def _export(*args, **kwargs):

@@ -212,7 +212,7 @@ def test_quantized_reuse_keeps_the_ranking(quant, quantized, tiny_qwen2_onnx):
     assert on_info["prefix_graphs"] and on_info["computed_tokens"] < on_info["prompt_tokens"]
     for case in on:
         assert list(np.argsort(-on[case], kind="stable")) == list(np.argsort(-off[case], kind="stable")), case
-    assert _max_difference(on, off) < {"fp16": 2e-2}.get(quant, ONNX_PARITY_ATOL)
+    assert _max_difference(on, off) < {"fp16": 2e-2, "w8a8": 3e-2}.get(quant, ONNX_PARITY_ATOL)
 
 
 @pytest.mark.slow
