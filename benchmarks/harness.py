@@ -361,14 +361,9 @@ def summarize_peer_minilm(raw: dict, workload: dict, qrels: dict, top_k: int, mo
 def summarize_openvino(raw: dict, workload: dict, qrels: dict, top_k: int, params: dict, peaks: dict,
                        artifact: Path, reference: dict | None) -> dict:
     """A peer row for OpenVINO on the same model.onnx; whole prompts, so its FLOPs are the prompt tokens'."""
-    from ..export import artifact_size
-
     variant = Variant(f"openvino-{raw['describe']['precision']}", "openvino", raw["describe"]["precision"])
-    row = summarize_variant(variant, dict(raw, same_token_ids=True,
-                                          prompt_tokens=[sum(map(len, q["token_ids"])) for q in workload["queries"]]),
-                            workload, qrels, top_k, params, peaks, artifact, reference)
-    row.update(kind="peer", artifact_mb=artifact_size(artifact) / 2**20, prefix_cache=False, computed_share=1.0)
-    return row
+    return dict(summarize_variant(variant, raw, workload, qrels, top_k, params, peaks, artifact, reference),
+                kind="peer")
 
 
 def summarize_bm25(bm25: dict, workload: dict, qrels: dict, top_k: int) -> dict:
@@ -510,11 +505,11 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
         # OpenVINO reads the same model.onnx: is onnxruntime the right engine for it on this CPU?
         onnx_fp32 = next((r for r in report["systems"] if r["name"] == "onnx-fp32"), None)
         if openvino and onnx_fp32 is not None and importlib.util.find_spec("openvino") is not None:
+            artifact = Path(onnx_fp32["artifact"])
             for precision in ["f32"] + (["bf16"] if cpu_has_native_bf16() else []):
                 name = f"openvino-{precision}"
-                log(f"peer: {name} on {Path(onnx_fp32['artifact']).name}/model.onnx")
+                log(f"peer: {name} on {artifact.name}/model.onnx")
                 try:
-                    artifact = Path(onnx_fp32["artifact"])
                     raw = run_worker({"kind": "openvino", "name": name, "model": str(artifact / "model.onnx"),
                                       "precision": precision, "workload": str(workload_file), "threads": threads,
                                       "repeats": repeats, "batch_size": batch_size}, work, threads, nice)

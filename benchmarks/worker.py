@@ -306,6 +306,27 @@ def _bare_pass(job: dict, reranker, queries: list[dict], label: str) -> dict:
     return {"load_s": load_s, "toolkit_latencies_s": toolkit, "bare_latencies_s": bare, "max_abs_score_diff": drift}
 
 
+def _timed_queries(job: dict, queries: list[dict], score, warmup_query: dict) -> tuple[float, list, list]:
+    """A warm-up call on `warmup_query` (its scores dropped), then job["repeats"] timed passes of score(query)
+    over `queries`: (warm-up seconds, the first pass's scores per query, per-query latencies per pass)."""
+    t0 = time.perf_counter()
+    score(warmup_query)
+    warmup_s = time.perf_counter() - t0
+    scores, repetitions = [], []
+    for rep in range(job["repeats"]):
+        latencies = []
+        for query in queries:
+            t0 = time.perf_counter()
+            query_scores = score(query)
+            latencies.append(time.perf_counter() - t0)
+            if rep == 0:
+                scores.append(query_scores)
+        repetitions.append(latencies)
+        _status(job["name"], f"repetition {rep + 1}/{job['repeats']}: "
+                             f"{sum(len(q['texts']) for q in queries) / sum(latencies):.2f} docs/s")
+    return warmup_s, scores, repetitions
+
+
 def run_minilm(job: dict, workload: dict) -> dict:
     """Cosine of mean-pooled all-MiniLM-L6-v2 embeddings; documents are embedded per query, as a reranker must."""
     t0 = time.perf_counter()
@@ -339,21 +360,8 @@ def run_minilm(job: dict, workload: dict) -> dict:
         return (embed(query["texts"]) @ embed([query["text"]])[0]).tolist()
 
     queries = workload["queries"]
-    t0 = time.perf_counter()
-    score(dict(queries[0], texts=queries[0]["texts"][:WARMUP_PAIRS]))
-    warmup_s = time.perf_counter() - t0
-    scores, repetitions = [], []
-    for rep in range(job["repeats"]):
-        latencies = []
-        for query in queries:
-            t0 = time.perf_counter()
-            query_scores = score(query)
-            latencies.append(time.perf_counter() - t0)
-            if rep == 0:
-                scores.append(query_scores)
-        repetitions.append(latencies)
-        _status(job["name"], f"repetition {rep + 1}/{job['repeats']}: "
-                             f"{sum(len(q['texts']) for q in queries) / sum(latencies):.2f} docs/s")
+    warmup_s, scores, repetitions = _timed_queries(
+        job, queries, score, dict(queries[0], texts=queries[0]["texts"][:WARMUP_PAIRS]))
     return {"describe": {"backend": "torch", "model": job["model"], "threads": torch.get_num_threads(),
                          "max_length": max_length, "pooling": "mean", "similarity": "cosine"},
             "import_s": import_s, "load_s": load_s, "warmup_s": warmup_s, "rss_before_load_bytes": rss_before_load,
@@ -380,7 +388,8 @@ def run_openvino(job: dict, workload: dict) -> dict:
     load_s = time.perf_counter() - t0
     rss_after_load = _rss_bytes()
 
-    def score(token_ids: list[list[int]]) -> list[float]:
+    def score(query: dict) -> list[float]:
+        token_ids = query["token_ids"]
         out = np.empty(len(token_ids), dtype=np.float32)
         for batch in length_batches([len(t) for t in token_ids], job["batch_size"], None):
             ids, mask = left_pad([token_ids[i] for i in batch])
@@ -388,25 +397,15 @@ def run_openvino(job: dict, workload: dict) -> dict:
         return out.tolist()
 
     queries = workload["queries"]
-    t0 = time.perf_counter()
-    score(queries[0]["token_ids"][:WARMUP_PAIRS])
-    warmup_s = time.perf_counter() - t0
-    scores, repetitions = [], []
-    for rep in range(job["repeats"]):
-        latencies = []
-        for query in queries:
-            t0 = time.perf_counter()
-            query_scores = score(query["token_ids"])
-            latencies.append(time.perf_counter() - t0)
-            if rep == 0:
-                scores.append(query_scores)
-        repetitions.append(latencies)
-        _status(job["name"], f"repetition {rep + 1}/{job['repeats']}: "
-                             f"{sum(len(q['texts']) for q in queries) / sum(latencies):.2f} docs/s")
+    warmup_s, scores, repetitions = _timed_queries(
+        job, queries, score, dict(queries[0], token_ids=queries[0]["token_ids"][:WARMUP_PAIRS]))
+    # Whole prompts: every prompt token is computed, on the toolkit's own token ids.
     return {"describe": {"backend": "openvino", "version": ov.__version__, "model": job["model"],
-                         "precision": job["precision"], "threads": job["threads"]},
+                         "precision": job["precision"], "threads": job["threads"], "prefix_cache": False,
+                         "computed_share": 1.0},
             "import_s": import_s, "load_s": load_s, "warmup_s": warmup_s, "rss_before_load_bytes": rss_before_load,
             "rss_after_load_bytes": rss_after_load, "latencies_s": repetitions, "scores": scores,
+            "prompt_tokens": [sum(map(len, q["token_ids"])) for q in queries], "same_token_ids": True,
             "peak_rss_bytes": _peak_rss_bytes()}
 
 

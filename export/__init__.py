@@ -21,7 +21,8 @@ def check_export_request(fmt: str, quant: str | None, output: Path, overwrite: b
     if quant not in QUANTS[fmt]:
         raise ProrankError(f"--quant {quant!r} is not a {fmt} level; choose one of: {', '.join(QUANTS[fmt])}")
     if smoothing_alpha is not None and fmt != "gguf":
-        raise ProrankError("--smooth applies to GGUF exports only (ONNX int8/int4 keep activations in fp32)")
+        raise ProrankError("--smooth applies to GGUF exports only (ONNX w8a8 smooths with its own calibrated "
+                           "alpha; the other ONNX levels keep activations in fp32)")
     if fmt == "gguf" and output.suffix != GGUF_SUFFIX:
         raise ProrankError(f"{output}: a GGUF output must be a file name ending in {GGUF_SUFFIX}")
     if output.exists() and not overwrite:

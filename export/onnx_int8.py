@@ -112,16 +112,17 @@ def channel_factors(stats: dict, alpha: float = INT8_SMOOTHING_ALPHA, outlier_ra
                     outlier_max_share: float = OUTLIER_MAX_SHARE) -> dict[str, dict]:
     """Weight key -> {"scale": s [K] (the weight's rows are multiplied by it, the input divided),
     "outliers": input channels computed in fp32 (sorted)}."""
+    from .smoothing import channel_factor
+
     factors = {}
     for key, stat in stats.items():
-        x_max = np.maximum(stat["x_max"].astype(np.float64), 1e-5)
-        w_max = np.maximum(stat["w_max"].astype(np.float64), 1e-5)
-        s = np.clip(x_max ** alpha / w_max ** (1 - alpha), 1e-4, 1e4) if alpha > 0 else np.ones_like(x_max)
+        x_max = np.maximum(stat["x_max"], 1e-5)
+        s = channel_factor(x_max, stat["w_max"], alpha) if alpha > 0 else np.ones(len(x_max), np.float32)
         # Outliers by the raw maxima: smoothing would hide them, and it is what they defeat.
         cap = int(outlier_max_share * len(x_max))
         order = np.argsort(-x_max)[:cap]
         outliers = np.sort(order[x_max[order] > outlier_ratio * np.median(x_max)])
-        factors[key] = {"scale": s.astype(np.float32), "outliers": outliers.astype(np.int64)}
+        factors[key] = {"scale": s, "outliers": outliers.astype(np.int64)}
     return factors
 
 
@@ -164,9 +165,10 @@ def quantize_int8(model, factors: dict[str, dict]):
         x, p = node.input[0], f"int8/{len(new_initializers)}"
         if x not in quantized_inputs:
             # One rounding per activation tensor: q, k and v (gate and up) read the same input.
-            inverse = np.where(np.isin(np.arange(len(f["scale"])), f["outliers"]), 0.0, 1.0 / f["scale"])
+            inverse = 1.0 / f["scale"]
+            inverse[f["outliers"]] = 0.0  # those channels take the fp32 path below
             nodes += [
-                helper.make_node("Mul", [x, constant(p + "/inverse_scale", inverse.astype(np.float32))], [p + "/x"]),
+                helper.make_node("Mul", [x, constant(p + "/inverse_scale", inverse)], [p + "/x"]),
                 helper.make_node("Abs", [p + "/x"], [p + "/abs"]),
                 reduce_max(p + "/abs", p + "/max"),
                 helper.make_node("Div", [p + "/max", "int8/levels"], [p + "/raw_step"]),

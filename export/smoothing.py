@@ -73,6 +73,12 @@ def calibration_maxima(model_dir: str | Path, pairs: Sequence[tuple[str, str]], 
     return {name: value.float().numpy() for name, value in maxima.items()}, weight_maxima
 
 
+def channel_factor(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
+    """s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha) per input channel j, bounded away from 0 and infinity."""
+    s = np.maximum(x_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+    return np.clip(s, 1e-4, 1e4).astype(np.float32)
+
+
 def smoothing_scales(maxima: dict[str, np.ndarray], weight_maxima: dict[str, np.ndarray], config: dict,
                      alpha: float) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
     """Tensor name -> (divisor of its rows (or of a 1-D weight), multiplier of its columns).
@@ -86,26 +92,22 @@ def smoothing_scales(maxima: dict[str, np.ndarray], weight_maxima: dict[str, np.
     rows: dict[str, np.ndarray] = {}
     cols: dict[str, np.ndarray] = {}
 
-    def factor(x_max: np.ndarray, w_max: np.ndarray) -> np.ndarray:
-        s = np.maximum(x_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
-        return np.clip(s, 1e-4, 1e4).astype(np.float32)
-
     def column_max(*names: str) -> np.ndarray:
         return np.max([weight_maxima[n] for n in names], axis=0)
 
     for i in range(layers):
         p = f"model.layers.{i}."
         qkv = [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
-        s = factor(maxima[p + "self_attn.q_proj"], column_max(*qkv))
+        s = channel_factor(maxima[p + "self_attn.q_proj"], column_max(*qkv), alpha)
         rows[p + "input_layernorm.weight"] = s
         for n in qkv:
             cols[n] = s
         gate_up = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-        s = factor(maxima[p + "mlp.gate_proj"], column_max(*gate_up))
+        s = channel_factor(maxima[p + "mlp.gate_proj"], column_max(*gate_up), alpha)
         rows[p + "post_attention_layernorm.weight"] = s
         for n in gate_up:
             cols[n] = s
-        s = factor(maxima[p + "mlp.down_proj"], column_max(p + "mlp.down_proj.weight"))
+        s = channel_factor(maxima[p + "mlp.down_proj"], column_max(p + "mlp.down_proj.weight"), alpha)
         rows[p + "mlp.up_proj.weight"] = s
         cols[p + "mlp.down_proj.weight"] = s
         # o's input channel (head h, dim d) reads v channel (kv head h // group, dim d): one factor per v channel.
@@ -114,7 +116,7 @@ def smoothing_scales(maxima: dict[str, np.ndarray], weight_maxima: dict[str, np.
         group = heads // kv_heads
         x_v = maxima[p + "self_attn.o_proj"].reshape(kv_heads, group, head_dim).max(axis=1)
         w_v = weight_maxima[o].reshape(kv_heads, group, head_dim).max(axis=1)
-        s_v = factor(x_v, w_v).reshape(-1)
+        s_v = channel_factor(x_v, w_v, alpha).reshape(-1)
         rows[p + "self_attn.v_proj.weight"] = s_v
         rows[p + "self_attn.v_proj.bias"] = s_v
         cols[o] = np.broadcast_to(s_v.reshape(kv_heads, 1, head_dim), (kv_heads, group, head_dim)).reshape(-1)

@@ -74,18 +74,13 @@ def test_w8a8_matches_its_numpy_model_and_splits_outliers():
     assert np.abs(got - exact).max() < 0.5 * np.abs(unsplit - exact).max()
 
 
-def test_calibrate_reads_each_matmul_input():
+def test_calibrate_reads_each_matmul_input(tmp_path):
     rng = np.random.default_rng(1)
     weight = rng.normal(size=(16, 8)).astype(np.float32)
-    path_model = _one_matmul_model(weight)
     feeds = [{"x": rng.normal(size=(2, 3, 16)).astype(np.float32)} for _ in range(2)]
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        onnx.save(path_model, str(path))
-        stats = onnx_int8.calibrate(path, feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(_one_matmul_model(weight), str(path))
+    stats = onnx_int8.calibrate(path, feeds)
     (stat,) = stats.values()
     expected = np.max([np.abs(f["x"]).reshape(-1, 16).max(0) for f in feeds], axis=0)
     assert np.allclose(stat["x_max"], expected) and np.allclose(stat["w_max"], np.abs(weight).max(1))
