@@ -115,9 +115,9 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
         factors = _w8a8_factors(fp32_path, prompts) if quant == "w8a8" else None
         model_path = _write_model(fp32_path, staging, quant, factors=factors)
         shared = _write_reuse_graphs(reuse_fp32, staging, quant, factors)
-        shutil.rmtree(traced)
         _check_graph_scores(model_path, sample, expected if quant == "fp32" else None)
-        _check_reuse_graphs(staging, prompts, quant)
+        _check_reuse_graphs(staging, prompts, quant, fp32_path if quant == "w8a8" else None)
+        shutil.rmtree(traced)
 
         _write_tokenizer(model_dir, tokenizer, staging)
         _check_tokenizer_agrees(staging / TOKENIZER_FILENAME, prompts)
@@ -181,7 +181,7 @@ def quantize_onnx(artifact_dir: str | Path, output_dir: str | Path, quant: str, 
         _check_graph_scores(model_path, _sample_inputs(prompts), None)
         shared = _write_reuse_graphs(reuse_sources, staging, quant, factors) if reuse_sources else None
         if reuse_sources:
-            _check_reuse_graphs(staging, prompts, quant)
+            _check_reuse_graphs(staging, prompts, quant, source_model if quant == "w8a8" else None)
         shutil.copyfile(artifact_dir / TOKENIZER_FILENAME, staging / TOKENIZER_FILENAME)
         prompts.contract.save(staging)
         source_info = {k: v for k, v in source_info.items() if k not in _REUSE_INFO_KEYS}
@@ -833,8 +833,16 @@ def _reuse_info(staging: Path, shared: int | None) -> dict:
     }}
 
 
-def _check_reuse_graphs(staging: Path, prompts: PromptBuilder, quant: str) -> None:
-    """Prefix + suffix graphs must score test prompts as model.onnx does (same weights, same precision)."""
+def _check_reuse_graphs(staging: Path, prompts: PromptBuilder, quant: str, fp32_model: Path | None = None) -> None:
+    """Prefix + suffix graphs must score test prompts as model.onnx does (same weights, same precision).
+
+    fp32_model: for w8a8, the fp32 graph it was made from. w8a8 rounds activations at run time, and the two
+    paths add in different orders, so a value that lands on the other side of a rounding step in one of them
+    moves the rest of its prompt by as much as w8a8's own error: on SmolLM2-135M's check prompts 6.5e-3 in
+    one export and 0.49 in another, where model.onnx itself was 0.53 from fp32 (and the reuse graphs 0.035).
+    So there the reuse graphs are held to the tolerance plus twice model.onnx's distance from fp32; a graph
+    with wrong weights is off by far more.
+    """
     import numpy as np
     import onnxruntime as ort
 
@@ -862,9 +870,14 @@ def _check_reuse_graphs(staging: Path, prompts: PromptBuilder, quant: str) -> No
         raise ProrankError(f"{ONNX_PREFIX_MODEL_FILENAME}/{ONNX_SUFFIX_MODEL_FILENAME}: the reuse graphs do not "
                            f"run in onnxruntime ({exc})") from None
     drift = float(np.abs(scores - expected).max())
-    if not np.isfinite(drift) or drift > _REUSE_TOLERANCE[quant]:
+    tolerance = _REUSE_TOLERANCE[quant]
+    if fp32_model is not None:
+        (fp32,) = ort.InferenceSession(str(fp32_model), sess_options=options, providers=["CPUExecutionProvider"]) \
+            .run([ONNX_OUTPUT_NAME], dict(zip(ONNX_INPUT_NAMES, left_pad(ids))))
+        tolerance += 2 * float(np.abs(expected - fp32).max())
+    if not np.isfinite(drift) or drift > tolerance:
         raise ProrankError(f"{ONNX_SUFFIX_MODEL_FILENAME}: the reuse graphs score {scores}, {ONNX_MODEL_FILENAME} "
-                           f"scores {expected} (tolerance {_REUSE_TOLERANCE[quant]})")
+                           f"scores {expected} (tolerance {tolerance:.3g})")
 
 
 @contextlib.contextmanager

@@ -136,3 +136,24 @@ def test_w8a8_warns_only_where_int8_sums_can_saturate(tiny_qwen2_onnx, tmp_path,
         warnings.simplefilter("error", RuntimeWarning)
         module.OnnxBackend(tmp_path / "w8a8")
         module.OnnxBackend(tiny_qwen2_onnx)
+
+
+def test_w8a8_reuse_check_allows_rounding_noise_but_not_a_wrong_graph(tiny_qwen2_onnx, tmp_path, monkeypatch):
+    """The reuse graphs of w8a8 are held to model.onnx's own distance from fp32 (export/onnx_export.py), so a
+    rounding step landing differently passes, and scores off by more than that still fail the export."""
+    from tokenizers import Tokenizer
+
+    from prorank_edge.backends import onnx_backend
+    from prorank_edge.contract import PromptBuilder, ScoringContract
+    from prorank_edge.errors import ProrankError
+    from prorank_edge.export import onnx_export
+    from prorank_edge.export.onnx_export import quantize_onnx
+
+    artifact = tmp_path / "w8a8"
+    quantize_onnx(tiny_qwen2_onnx, artifact, "w8a8")
+    prompts = PromptBuilder(Tokenizer.from_file(str(artifact / "tokenizer.json")), ScoringContract.load(artifact))
+    onnx_export._check_reuse_graphs(artifact, prompts, "w8a8", tiny_qwen2_onnx / "model.onnx")
+    real = onnx_backend.reuse_scores
+    monkeypatch.setattr(onnx_backend, "reuse_scores", lambda *args: real(*args) + 1.0)
+    with pytest.raises(ProrankError, match="the reuse graphs score"):
+        onnx_export._check_reuse_graphs(artifact, prompts, "w8a8", tiny_qwen2_onnx / "model.onnx")
