@@ -13,7 +13,7 @@ from ..formats import DEFAULT_QUANT, GGUF_SUFFIX, QUANTS
 
 
 def check_export_request(fmt: str, quant: str | None, output: Path, overwrite: bool,
-                         smoothing_alpha: float | None = None) -> str:
+                         smoothing_alpha: float | None = None, rank_head: bool = False) -> str:
     """The quantization level to use, after the checks that need no model; a bad request raises naming it."""
     if fmt not in QUANTS:
         raise ProrankError(f"unknown export format {fmt!r}; choose one of: {', '.join(QUANTS)}")
@@ -23,6 +23,8 @@ def check_export_request(fmt: str, quant: str | None, output: Path, overwrite: b
     if smoothing_alpha is not None and fmt != "gguf":
         raise ProrankError("--smooth applies to GGUF exports only (ONNX w8a8 smooths with its own calibrated "
                            "alpha; the other ONNX levels keep activations in fp32)")
+    if rank_head and fmt != "gguf":
+        raise ProrankError("--rank-head applies to GGUF exports only (it is what llama.cpp's rank pooling reads)")
     if fmt == "gguf" and output.suffix != GGUF_SUFFIX:
         raise ProrankError(f"{output}: a GGUF output must be a file name ending in {GGUF_SUFFIX}")
     if output.exists() and not overwrite:
@@ -33,7 +35,7 @@ def check_export_request(fmt: str, quant: str | None, output: Path, overwrite: b
 
 
 def run_export(model_dir: Path, fmt: str, quant: str, output: Path, overwrite: bool,
-               smoothing_alpha: float | None = None) -> dict:
+               smoothing_alpha: float | None = None, rank_head: bool = False) -> dict:
     """Export `model_dir` to `output` in one format and level; returns the exporter's info."""
     if fmt == "onnx":
         from .onnx_export import export_onnx
@@ -41,11 +43,12 @@ def run_export(model_dir: Path, fmt: str, quant: str, output: Path, overwrite: b
         return export_onnx(model_dir, output, quant=quant, overwrite=overwrite)
     from .gguf_export import export_gguf
 
-    return export_gguf(model_dir, output, quant=quant, overwrite=overwrite, smoothing_alpha=smoothing_alpha)
+    return export_gguf(model_dir, output, quant=quant, overwrite=overwrite, smoothing_alpha=smoothing_alpha,
+                       rank_head=rank_head)
 
 
 def export_model(model: str | None, fmt: str, output: Path, quant: str | None = None, overwrite: bool = False,
-                 smoothing_alpha: float | None = None, beir_check: dict | None = None) -> dict:
+                 smoothing_alpha: float | None = None, beir_check: dict | None = None, rank_head: bool = False) -> dict:
     """Export a model (checkpoint folder, Hub id, or None for the built-in default) and measure the result.
 
     Returns a summary: what was written, its size, its drift from torch fp32 on built-in pairs and, with
@@ -55,13 +58,13 @@ def export_model(model: str | None, fmt: str, output: Path, quant: str | None = 
     from .parity import check_beir, check_parity
 
     output = Path(output)
-    quant = check_export_request(fmt, quant, output, overwrite, smoothing_alpha)
+    quant = check_export_request(fmt, quant, output, overwrite, smoothing_alpha, rank_head)
     source = resolve_model(model)
     if source.kind != "torch":
         raise ProrankError(f"{source.path}: is already a {source.kind} artifact; export needs a transformers "
                            "checkpoint")
     started = time.perf_counter()
-    info = run_export(source.path, fmt, quant, output, overwrite, smoothing_alpha)
+    info = run_export(source.path, fmt, quant, output, overwrite, smoothing_alpha, rank_head)
     summary = {"output": str(output), "format": fmt, "quant": quant, "size_bytes": artifact_size(output),
                "export_seconds": round(time.perf_counter() - started, 1), "export": info,
                "parity_builtin": check_parity(source.path, output)}

@@ -22,7 +22,16 @@ import numpy as np
 from ..contract import PromptBuilder, ScoringContract
 from ..devices import usable_cores
 from ..errors import MissingExtraError, ProrankError
-from ..formats import GGUF_ARCHITECTURES, GGUF_CONTRACT_KEY, GGUF_FTYPES, GGUF_HEAD_TYPES, GGUF_TOKENIZER_JSON_KEY
+from ..formats import (
+    GGUF_ARCHITECTURES,
+    GGUF_CONTRACT_KEY,
+    GGUF_FTYPES,
+    GGUF_HEAD_TYPES,
+    GGUF_RANK_HEAD_KEY,
+    GGUF_RERANK_TEMPLATE_NAME,
+    GGUF_TOKENIZER_JSON_KEY,
+    RANK_HEAD_KIND,
+)
 from ..staging import staged
 from .parity import builtin_pairs
 from .smoothing import DEFAULT_ALPHAS, calibration_maxima, smooth_tensor, smoothing_scales
@@ -35,12 +44,14 @@ _TOKENIZER_PROBE = (
 
 
 def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f16", overwrite: bool = False,
-                max_length: int | None = None, smoothing_alpha: float | None = None) -> dict:
+                max_length: int | None = None, smoothing_alpha: float | None = None, rank_head: bool = False) -> dict:
     """Convert the checkpoint in `model_dir` to a GGUF reranker at `output_path`; returns what was written.
 
     quant: "f16", "q8_0" or "q4_k_m". max_length: stored in the file's contract (default: the checkpoint's).
     smoothing_alpha: channel smoothing before quantization (export/smoothing.py); None: DEFAULT_ALPHAS for the
     quantized levels, none for f16; 0 turns it off.
+    rank_head: rotate the model so that llama.cpp's rank pooling (`llama-server --reranking`) returns the ProRank
+    score, and store the ProRank prompt as its rerank template (export/rank_head.py).
     The file is written under a temporary name beside `output_path` and renamed only when complete.
     """
     if quant not in GGUF_FTYPES:
@@ -78,12 +89,13 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
 
     with staged(output_path) as partial:
         f16_path = partial.with_name(partial.name + ".f16") if quant != "f16" else partial
-        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path, scales)
+        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path, scales, rank_head)
         fallback = None
         if quant != "f16":
             fallback = _quantize(f16_path, partial, quant)
             f16_path.unlink()
         tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
+        rank_check = _check_rank_pooling(partial, prompts) if rank_head and _has_llama_cpp() else None
         os.replace(partial, output_path)
 
     return {
@@ -96,6 +108,8 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         "quant_fallback": fallback,
         "head_type": GGUF_HEAD_TYPES.get(quant, "GGML_TYPE_F16").removeprefix("GGML_TYPE_").lower(),
         "smoothing_alpha": smoothing_alpha,
+        "rank_head": rank_head,
+        "rank_pooling_max_diff": rank_check,
         "contract": prompts.contract.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
         "source": str(model_dir),
@@ -119,10 +133,11 @@ def _architecture(config: dict, model_dir: Path) -> str:
 
 
 def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, contract: ScoringContract,
-               path: Path, scales: dict | None = None) -> str:
+               path: Path, scales: dict | None = None, rank_head: bool = False) -> str:
     """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name.
 
-    scales: channel smoothing to apply on the way (`smoothing.smoothing_scales`), or None."""
+    scales: channel smoothing to apply on the way (`smoothing.smoothing_scales`), or None.
+    rank_head: rotate for llama.cpp's rank pooling (`rank_head.rotate_for_rank_head`)."""
     import gguf
 
     model_arch = getattr(gguf.MODEL_ARCH, arch)
@@ -151,16 +166,36 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     vocab_size = int(config["vocab_size"])
-    pre = _add_tokenizer(writer, gguf, model_dir, json.loads(tokenizer_text), vocab_size)
+    tokenizer = json.loads(tokenizer_text)
+    names = gguf.get_tensor_name_map(model_arch, n_layers)
+    tied = bool(config.get("tie_word_embeddings", False))
+    tensors = ((name, smooth_tensor(name, tensor, scales or {})) for name, tensor in _read_tensors(model_dir))
+    extra_tokens: dict[int, str] = {}
+    if rank_head:
+        from . import rank_head as head
+
+        rotated = head.rotate_for_rank_head(dict(tensors), config, contract.positive_token_id,
+                                            contract.negative_token_id)
+        tied = False  # the LM head now differs from the embedding
+        separator = None
+        separator_ids = _hf_tokenizer(tokenizer_text).encode(contract.separator, add_special_tokens=False).ids
+        if len(separator_ids) == 1:
+            marker_id = head.free_token_id(tokenizer, vocab_size)
+            head.copy_token_row(rotated, separator_ids[0], marker_id)
+            vocab_size = max(vocab_size, marker_id + 1)
+            extra_tokens[marker_id] = separator = head.SEPARATOR_TOKEN
+        tensors = rotated.items()
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        template = rerank_template(contract, separator)
+        writer.add_chat_template([{"name": GGUF_RERANK_TEMPLATE_NAME, "template": template}])
+        writer.add_string(GGUF_RANK_HEAD_KEY, RANK_HEAD_KIND)
+    pre = _add_tokenizer(writer, gguf, model_dir, tokenizer, vocab_size, extra_tokens)
     writer.add_string(GGUF_CONTRACT_KEY, contract.to_json())
     writer.add_string(GGUF_TOKENIZER_JSON_KEY, tokenizer_text)
 
-    names = gguf.get_tensor_name_map(model_arch, n_layers)
-    tied = bool(config.get("tie_word_embeddings", False))
-    for hf_name, tensor in _read_tensors(model_dir):
+    for hf_name, tensor in tensors:
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue  # recomputed by llama.cpp / the same matrix as token_embd
-        tensor = smooth_tensor(hf_name, tensor, scales or {})
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ProrankError(f"{model_dir}: tensor {hf_name} has no GGUF name for {config['architectures'][0]}")
@@ -178,6 +213,30 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
     finally:
         writer.close()
     return pre
+
+
+def _hf_tokenizer(tokenizer_text: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_text)
+
+
+def rerank_template(contract: ScoringContract, separator: str | None = None) -> str:
+    """The ProRank prompt with llama-server's {query} and {document} placeholders (no instruction, no cut).
+
+    llama-server fills the whole texts in and tokenizes the result as one string, where a query or document that
+    ends in punctuation would merge with the newline after it (".\n" is one token) while ProRank tokenizes each
+    piece alone. `separator`: a token text standing for the contract's separator (rank_head.SEPARATOR_TOKEN),
+    which llama.cpp matches before it tokenizes the rest, so the pieces are split exactly as ProRank splits them.
+    """
+    query = contract.query_template.replace("{query}", "\0")
+    document = contract.document_template.replace("{document}", "\1")
+    sep = separator or contract.separator
+    text = contract.prefix + query + sep + document + sep + contract.task_prompt + contract.suffix
+    for placeholder in ("{query}", "{document}"):
+        if placeholder in text:
+            raise ProrankError(f"the contract's own text contains {placeholder}, which llama-server would replace")
+    return text.replace("\0", "{query}").replace("\1", "{document}")
 
 
 def _add_rope_scaling(writer, config: dict, model_dir: Path) -> None:
@@ -225,8 +284,12 @@ def _read_tensors(model_dir: Path):
 
 # ---- tokenizer ------------------------------------------------------------------------------------------
 
-def _add_tokenizer(writer, gguf, model_dir: Path, tokenizer: dict, vocab_size: int) -> str:
-    """Byte-level BPE tokenizer metadata in llama.cpp's "gpt2" form; returns the pre-tokenizer name."""
+def _add_tokenizer(writer, gguf, model_dir: Path, tokenizer: dict, vocab_size: int,
+                   extra_tokens: dict[int, str] | None = None) -> str:
+    """Byte-level BPE tokenizer metadata in llama.cpp's "gpt2" form; returns the pre-tokenizer name.
+
+    extra_tokens: id -> text of tokens that are not in tokenizer.json, written as user-defined tokens (matched
+    whole by llama.cpp's tokenizer)."""
     model = tokenizer.get("model", {})
     if model.get("type") != "BPE":
         raise ProrankError(f"{model_dir}: only byte-level BPE tokenizers can be exported to GGUF "
@@ -243,6 +306,9 @@ def _add_tokenizer(writer, gguf, model_dir: Path, tokenizer: dict, vocab_size: i
                                f"model's vocabulary of {vocab_size}")
         tokens[token_id] = added["content"]
         types[token_id] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    for token_id, text in (extra_tokens or {}).items():
+        tokens[token_id] = text
+        types[token_id] = gguf.TokenType.USER_DEFINED
     # Checkpoints pad the embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens).
     for token_id, text in enumerate(tokens):
         if text is None:
@@ -338,3 +404,32 @@ def _check_with_llama_cpp(path: Path, tokenizer) -> bool:
     finally:
         with captured_llama_log(llama_cpp):
             llama_cpp.llama_model_free(model)
+
+
+def _check_rank_pooling(path: Path, prompts: PromptBuilder, pairs: int = 12) -> float:
+    """max |rank pooling - logit score| of the written file on built-in pairs; raises where llama.cpp's rank
+    pooling does not read the score (a build that pools the first token for this architecture gives every
+    prompt the same value)."""
+    from ..backends.gguf_backend import GgufBackend
+    from ..backends.llama_runtime import captured_llama_log, load_gguf_model, rank_pooling_scores
+
+    llama_cpp = _llama_cpp()
+    ids = prompts.build_pairs(builtin_pairs()[:pairs])
+    backend = GgufBackend(path, device="cpu")
+    try:
+        logits = backend.score_batch(ids)
+    finally:
+        backend.close()
+    model = load_gguf_model(llama_cpp, path)
+    try:
+        pooled = np.array(rank_pooling_scores(llama_cpp, model, ids))
+    finally:
+        with captured_llama_log(llama_cpp):
+            llama_cpp.llama_model_free(model)
+    worst = float(np.abs(pooled - logits).max())
+    # Half the spread of the scores: far beyond rounding (f16 SmolLM2: 0.023), well below a wrong read-out.
+    if worst > 0.5 * max(float(np.ptp(logits)), 1e-3):
+        raise ProrankError(f"{path}: llama.cpp's rank pooling does not return the ProRank score with this "
+                           f"llama.cpp build (max difference {worst:.3f} from the logit scores; the build may pool "
+                           "the first token for this architecture)")
+    return round(worst, 5)

@@ -29,6 +29,12 @@ GGUF_MAGIC = b"GGUF"
 GGUF_CONTRACT_KEY = "prorank.contract"
 #: the checkpoint's tokenizer.json, so the runtime tokenizes exactly like torch
 GGUF_TOKENIZER_JSON_KEY = "prorank.tokenizer_json"
+#: present in a file exported with --rank-head: its residual stream is rotated (export/rank_head.py), so the
+#: ProRank score is channel 0 of the final normed hidden state; the value names the method
+GGUF_RANK_HEAD_KEY = "prorank.rank_head"
+RANK_HEAD_KIND = "residual-rotation"
+#: llama-server's rerank prompt: tokenizer.chat_template.<this name>, with {query} and {document}
+GGUF_RERANK_TEMPLATE_NAME = "rerank"
 
 # ---- quantization levels ----------------------------------------------------------------------------------
 # onnx int8: 8-bit weights, fp32 compute (accurate, not faster); w8a8: 8-bit weights and activations on

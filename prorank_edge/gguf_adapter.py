@@ -19,7 +19,7 @@ from .adapter import adapter_deltas
 from .contract import ScoringContract
 from .errors import MissingExtraError, ProrankError
 from .export.gguf_export import rotary_interleave
-from .formats import GGUF_ARCH_NAMES, GGUF_CONTRACT_KEY
+from .formats import GGUF_ARCH_NAMES, GGUF_CONTRACT_KEY, GGUF_RANK_HEAD_KEY
 from .staging import staged
 
 
@@ -64,6 +64,10 @@ def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output
     base_gguf, adapter_dir, output_path = Path(base_gguf), Path(adapter_dir), Path(output_path)
     reader = gguf.GGUFReader(str(base_gguf))
     arch = _field(reader, "general.architecture")
+    if _field(reader, GGUF_RANK_HEAD_KEY) is not None:
+        # Its weights live in a rotated basis (export/rank_head.py); the adapter's deltas do not.
+        raise ProrankError(f"{base_gguf}: this GGUF was exported with a rank head, so an adapter cannot be merged "
+                           "into it; merge into the checkpoint first, then export with --rank-head")
     if arch not in GGUF_ARCH_NAMES:
         raise ProrankError(f"{base_gguf}: architecture {arch!r} is not supported here (llama, qwen2)")
     n_layers = int(_field(reader, f"{arch}.block_count"))

@@ -55,16 +55,14 @@ def llama_error_reason(lines: list[tuple[int, str]]) -> str:
     return f" ({text[:300]})" if text else ""
 
 
-def plain_model_params(llama_cpp):
-    """llama.cpp's default model parameters, without the "extra" CPU buffer types.
+def model_params(llama_cpp):
+    """llama.cpp's default model parameters, with its repacked weight layouts only where
+    `devices.llama_repack_choice` says they are safe on this CPU."""
+    from ..devices import llama_repack_choice
 
-    Those repack weights at load for AMX / AVX-512 kernels; with them llama.cpp (llama-cpp-python 0.3.36)
-    crashed with a segfault decoding Q4_K_M files on a Xeon with AMX, the tiny test models and SmolLM2 alike.
-    The plain layout scores the same numbers everywhere.
-    """
     params = llama_cpp.llama_model_default_params()
     if hasattr(params, "use_extra_bufts"):
-        params.use_extra_bufts = False
+        params.use_extra_bufts = llama_repack_choice()[0]
     return params
 
 
@@ -77,7 +75,7 @@ def load_gguf_model(llama_cpp, path: Path, vocab_only: bool = False, n_gpu_layer
         raise ProrankError(f"{path}: cannot read the GGUF file ({exc.strerror})") from None
     if magic != GGUF_MAGIC:
         raise ProrankError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    params = plain_model_params(llama_cpp)
+    params = model_params(llama_cpp)
     params.vocab_only = vocab_only
     params.n_gpu_layers = n_gpu_layers
     params.main_gpu = main_gpu
@@ -129,3 +127,44 @@ class LlamaVocabTokenizer:
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[_Encoding]:
         return [self.encode(text, add_special_tokens) for text in texts]
+
+
+def rank_pooling_scores(llama_cpp, model, token_ids: Sequence[Sequence[int]],
+                        threads: int | None = None) -> list[float]:
+    """What llama.cpp's rank pooling (`llama-server --reranking`) returns for each prompt: one decode per prompt
+    in an embeddings context with pooling RANK, the first float of its sequence's pooled output."""
+    from ..devices import usable_cores
+
+    longest = max(len(ids) for ids in token_ids)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = longest
+    params.n_seq_max = 1
+    params.embeddings = True
+    params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_RANK
+    params.n_threads = params.n_threads_batch = threads or usable_cores()
+    with captured_llama_log(llama_cpp) as log:
+        ctx = llama_cpp.llama_init_from_model(model, params)
+    if not ctx:
+        raise ProrankError(f"llama.cpp could not create a rank-pooling context{llama_error_reason(log)}")
+    batch = llama_cpp.llama_batch_init(longest, 0, 1)
+    try:
+        memory = llama_cpp.llama_get_memory(ctx)
+        scores = []
+        for ids in token_ids:
+            llama_cpp.llama_memory_clear(memory, False)
+            for i, token in enumerate(ids):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, 1
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = len(ids)
+            with captured_llama_log(llama_cpp) as log:
+                status = llama_cpp.llama_decode(ctx, batch)
+            pooled = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+            if status != 0 or not pooled:
+                raise ProrankError(f"llama.cpp rank pooling failed on a prompt of {len(ids)} tokens (status "
+                                   f"{status}){llama_error_reason(log)}")
+            scores.append(float(pooled[0]))
+        return scores
+    finally:
+        with captured_llama_log(llama_cpp):
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)

@@ -29,14 +29,20 @@ def _quant_help() -> str:
                    "calibrated on built-in pairs; the model is unchanged in exact arithmetic), since llama.cpp "
                    "also quantizes activations. Strength 0-1; 0 turns it off. Default: 0.8 for q8_0, 0.5 for "
                    "q4_k_m, off for f16.")
+@click.option("--rank-head", is_flag=True,
+              help="GGUF only: make the file a reranker that stock llama.cpp serves (`llama-server -m FILE "
+                   "--reranking`, /v1/rerank) with the ProRank score and prompt. The residual stream is rotated so "
+                   "that rank pooling reads the score, the LM head is stored apart from the embedding (SmolLM2: "
+                   "+57 MB at f16), and an adapter can no longer be merged into the file. It still loads as a "
+                   "plain causal LM and scores the same in prorank-edge.")
 @click.option("--check", is_flag=True, help="Also compare nDCG@10 with the torch model on a BEIR sample.")
 @click.option("--check-data", default="scifact", show_default=True, help="BEIR folder or dataset name for --check.")
 @click.option("--check-split", default="test", show_default=True)
 @click.option("--check-queries", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--check-top-k", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export_command(model, fmt, quant, output, overwrite, smoothing_alpha, check, check_data, check_split, check_queries,
-                   check_top_k, as_json):
+def export_command(model, fmt, quant, output, overwrite, smoothing_alpha, rank_head, check, check_data, check_split,
+                   check_queries, check_top_k, as_json):
     """Export a reranker checkpoint to ONNX or GGUF for edge inference.
 
     Only what scoring needs is exported: the transformer body, the last position and the score head folded
@@ -48,12 +54,14 @@ def export_command(model, fmt, quant, output, overwrite, smoothing_alpha, check,
     Examples:
       prorank-edge export --model ./my-reranker --format onnx --quant int8 --output ./my-reranker-onnx
       prorank-edge export --model ./my-reranker --format gguf --quant q4_k_m --output my-reranker.gguf
+      prorank-edge export --format gguf --rank-head --output reranker.gguf
+      llama-server -m reranker.gguf --reranking     # stock llama.cpp serves it at /v1/rerank
     """
     from ..export import export_model, human_size
 
     beir_check = dict(data=check_data, split=check_split, queries=check_queries, top_k=check_top_k) if check else None
     summary = export_model(model, fmt, output, quant=quant, overwrite=overwrite, smoothing_alpha=smoothing_alpha,
-                           beir_check=beir_check)
+                           beir_check=beir_check, rank_head=rank_head)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -62,6 +70,10 @@ def export_command(model, fmt, quant, output, overwrite, smoothing_alpha, check,
     click.echo(f"wrote {output} ({fmt} {quant}, {human_size(summary['size_bytes'])}) in {summary['export_seconds']} s")
     click.echo(f"parity vs torch fp32 on {p['pairs']} built-in pairs: max drift {p['max_abs_drift']:.4f}, "
                f"Spearman {p['spearman']:.4f}, top-10 agreement {p['top10_agreement']:.2f}")
+    if rank_head:
+        click.echo(f"rank head: llama.cpp's rank pooling gives the score within "
+                   f"{summary['export']['rank_pooling_max_diff']:.4f} of the logits on built-in pairs; serve it "
+                   f"with: llama-server -m {output} --reranking")
     if check:
         b = summary["parity_beir"]
         click.echo(f"nDCG@10 on {check_queries} {check_split} queries (BM25 top {check_top_k}): "

@@ -20,6 +20,8 @@ def test_quant_level_the_format_lacks(tmp_path):
     assert result.exit_code == 2 and "--smooth applies to GGUF exports only" in result.output
     result = run(["export", "--format", "gguf", "--smooth", "1.5", "--output", str(tmp_path / "m.gguf")])
     assert result.exit_code == 2 and "1.5 is not in the range 0<=x<=1" in result.output
+    result = run(["export", "--format", "onnx", "--rank-head", "--output", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "--rank-head applies to GGUF exports only" in result.output
 
 
 def test_existing_or_unwritable_output(tmp_path):
