@@ -103,9 +103,9 @@ class BareLlama:
         llama_cpp.llama_log_set(self._quiet, ctypes.c_void_p(0))
         self.llama = llama_cpp
         self.positive, self.negative = positive, negative
-        from ..backends.llama_runtime import plain_model_params  # the backend's own load settings
+        from ..backends.llama_runtime import model_params  # the backend's own load settings
 
-        self.model = llama_cpp.llama_model_load_from_file(gguf_file.encode(), plain_model_params(llama_cpp))
+        self.model = llama_cpp.llama_model_load_from_file(gguf_file.encode(), model_params(llama_cpp))
         if not self.model:
             raise RuntimeError(f"llama.cpp cannot load {gguf_file}")
         params = llama_cpp.llama_context_default_params()

@@ -64,3 +64,28 @@ def int8_sums_may_saturate() -> bool:
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run natively (measured 2.3x faster than fp32 on such a CPU)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+#: "1" or "0" forces llama.cpp's repacked weight layouts on or off, whatever `llama_repack_choice` decides
+LLAMA_REPACK_ENV = "PRORANK_EDGE_LLAMA_REPACK"
+
+
+def llama_repack_choice() -> tuple[bool, str]:
+    """(use llama.cpp's "extra" CPU buffer types, why), decided for this CPU at run time.
+
+    Those buffer types repack weights at load into the layouts of llama.cpp's faster CPU kernels (AVX2 /
+    AVX-512 interleaved blocks, and AMX tiles where the CPU has AMX). With the AMX one, llama-cpp-python 0.3.36
+    segfaulted decoding Q4_K_M files on a Xeon with AMX (SmolLM2 and the tiny test models alike), so a CPU
+    with AMX keeps the plain layout; every other CPU gets the repacked one. PRORANK_EDGE_LLAMA_REPACK=1 or 0
+    overrides the choice.
+    """
+    forced = os.environ.get(LLAMA_REPACK_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1", f"{LLAMA_REPACK_ENV}={forced}"
+    if forced:
+        raise ProrankError(f"{LLAMA_REPACK_ENV} must be 1 or 0, not {forced!r}")
+    amx = sorted(flag for flag in cpu_flags() if flag.startswith("amx"))
+    if amx:
+        return False, (f"plain layout: this CPU has AMX ({', '.join(amx)}), where the repacked layouts crashed "
+                       "llama.cpp on Q4_K_M files")
+    return True, "repacked layouts: no AMX on this CPU"

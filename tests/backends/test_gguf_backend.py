@@ -1,5 +1,5 @@
-"""The llama.cpp backend (backends/gguf_backend.py, backends/llama_runtime.py): loading without repacked weight
-layouts, a plain GGUF without prorank metadata, corrupt files, and the Reranker picking it from a .gguf path."""
+"""The llama.cpp backend (backends/gguf_backend.py, backends/llama_runtime.py): repacked weight layouts chosen per
+CPU, a plain GGUF without prorank metadata, corrupt files, and the Reranker picking it from a .gguf path."""
 
 from __future__ import annotations
 
@@ -18,15 +18,65 @@ from prorank_edge.contract import PromptBuilder  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
 
 
-def test_models_load_without_repacked_weight_layouts():
-    """With llama.cpp's extra CPU buffer types (AMX / AVX-512 repacking), decoding a Q4_K_M file crashed the
-    process on a Xeon with AMX (the next test, and SmolLM2); the backend and the bench peer load without them."""
+def test_repacked_layouts_are_chosen_per_cpu(monkeypatch):
+    """llama.cpp's repacked weight layouts (its "extra" CPU buffer types) crashed decoding Q4_K_M files on a Xeon
+    with AMX: a CPU with AMX keeps the plain layout, the others get the faster one, and the environment can force
+    either."""
     import llama_cpp
 
-    from prorank_edge.backends.llama_runtime import plain_model_params
+    from prorank_edge import devices
+    from prorank_edge.backends.llama_runtime import model_params
 
-    assert plain_model_params(llama_cpp).use_extra_bufts is False
-    assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # what it would be otherwise
+    monkeypatch.delenv(devices.LLAMA_REPACK_ENV, raising=False)
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f", "amx_tile", "amx_int8", "amx_bf16"})
+    assert devices.llama_repack_choice()[0] is False
+    assert "AMX" in devices.llama_repack_choice()[1]
+    assert model_params(llama_cpp).use_extra_bufts is False
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert devices.llama_repack_choice()[0] is True
+    assert model_params(llama_cpp).use_extra_bufts is True
+    monkeypatch.setenv(devices.LLAMA_REPACK_ENV, "0")
+    assert model_params(llama_cpp).use_extra_bufts is False
+    monkeypatch.setenv(devices.LLAMA_REPACK_ENV, "yes")
+    with pytest.raises(ProrankError, match=devices.LLAMA_REPACK_ENV):
+        devices.llama_repack_choice()
+
+
+_SCORE_IN_SUBPROCESS = """
+import json, sys
+from prorank_edge.backends.gguf_backend import GgufBackend
+backend = GgufBackend(sys.argv[1], device="cpu")
+pairs = json.loads(sys.argv[2])
+print(json.dumps(backend.score_batch(backend.prompts.build_pairs(pairs)).tolist()))
+"""
+
+
+@requires_torch
+@pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
+def test_repacked_layouts_score_like_the_plain_one(quant, wide_qwen2_dir, gguf_cache):
+    """In child processes, so a crash fails this test instead of the run. 256 columns: q4_K and q8_0 both have
+    repacked kernels. On a CPU with AMX the repacked arm is the known crash, so it is not run there."""
+    import json
+    import subprocess
+    import sys
+
+    from prorank_edge import devices
+
+    if not devices.llama_repack_choice()[0] and not devices.os.environ.get(devices.LLAMA_REPACK_ENV):
+        pytest.skip(devices.llama_repack_choice()[1])
+    path, _ = gguf_cache(wide_qwen2_dir, quant)
+    scores = {}
+    for repack in ("0", "1"):
+        done = subprocess.run([sys.executable, "-c", _SCORE_IN_SUBPROCESS, str(path), json.dumps(TINY_PAIRS)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**devices.os.environ, devices.LLAMA_REPACK_ENV: repack})
+        assert done.returncode == 0, f"{devices.LLAMA_REPACK_ENV}={repack}: {done.returncode} {done.stderr[-2000:]}"
+        scores[repack] = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    from prorank_edge.export.parity import spearman
+
+    # Repacked kernels add up in another order; the scores move by rounding only.
+    assert np.abs(scores["1"] - scores["0"]).max() < 0.05
+    assert spearman(scores["1"], scores["0"]) > 0.98
 
 
 @pytest.mark.slow
