@@ -86,6 +86,5 @@ def llama_repack_choice() -> tuple[bool, str]:
         raise ProrankError(f"{LLAMA_REPACK_ENV} must be 1 or 0, not {forced!r}")
     amx = sorted(flag for flag in cpu_flags() if flag.startswith("amx"))
     if amx:
-        return False, (f"plain layout: this CPU has AMX ({', '.join(amx)}), where the repacked layouts crashed "
-                       "llama.cpp on Q4_K_M files")
-    return True, "repacked layouts: no AMX on this CPU"
+        return False, f"this CPU has AMX ({', '.join(amx)}), where the repacked layouts crashed llama.cpp on Q4_K_M"
+    return True, "no AMX on this CPU"

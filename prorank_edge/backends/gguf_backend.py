@@ -113,6 +113,10 @@ class GgufBackend(ScoringBackend):
                                "a whole prompt must fit in one decode")
         self.threads = int(threads) if threads else usable_cores()
         self.device = device
+        from ..devices import llama_repack_choice
+
+        repacked, why = llama_repack_choice()  # what load_gguf_model applied (model_params reads the same)
+        self.weight_layout = f"{'repacked' if repacked else 'plain'} ({why})"
 
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = params.n_batch = self.n_ctx
@@ -281,7 +285,7 @@ class GgufBackend(ScoringBackend):
         return {"backend": self.name, "model": str(self.model_path), "llama_model": self.model_description,
                 "device": self.device, "threads": self.threads, "n_ctx": self.n_ctx, "n_seq_max": self.n_seq_max,
                 "flash_attn": "auto" if self.flash_attn is None else self.flash_attn,
-                "tokenizer": self.tokenizer_source}
+                "weight_layout": self.weight_layout, "tokenizer": self.tokenizer_source}
 
     def close(self) -> None:
         self._finalizer()

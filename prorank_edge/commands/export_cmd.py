@@ -34,7 +34,7 @@ def _quant_help() -> str:
                    "--reranking`, /v1/rerank) with the ProRank score and prompt. The residual stream is rotated so "
                    "that rank pooling reads the score, the LM head is stored apart from the embedding (SmolLM2: "
                    "+57 MB at f16), and an adapter can no longer be merged into the file. It still loads as a "
-                   "plain causal LM and scores the same in prorank-edge.")
+                   "plain causal LM, and prorank-edge scores it like the plain export.")
 @click.option("--check", is_flag=True, help="Also compare nDCG@10 with the torch model on a BEIR sample.")
 @click.option("--check-data", default="scifact", show_default=True, help="BEIR folder or dataset name for --check.")
 @click.option("--check-split", default="test", show_default=True)

@@ -47,7 +47,8 @@ import json, sys
 from prorank_edge.backends.gguf_backend import GgufBackend
 backend = GgufBackend(sys.argv[1], device="cpu")
 pairs = json.loads(sys.argv[2])
-print(json.dumps(backend.score_batch(backend.prompts.build_pairs(pairs)).tolist()))
+scores = backend.score_batch(backend.prompts.build_pairs(pairs)).tolist()
+print(json.dumps([backend.describe()["weight_layout"], scores]))
 """
 
 
@@ -71,7 +72,9 @@ def test_repacked_layouts_score_like_the_plain_one(quant, wide_qwen2_dir, gguf_c
                               capture_output=True, text=True, timeout=300,
                               env={**devices.os.environ, devices.LLAMA_REPACK_ENV: repack})
         assert done.returncode == 0, f"{devices.LLAMA_REPACK_ENV}={repack}: {done.returncode} {done.stderr[-2000:]}"
-        scores[repack] = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+        layout, values = json.loads(done.stdout.strip().splitlines()[-1])
+        assert layout.startswith("repacked" if repack == "1" else "plain"), layout
+        scores[repack] = np.array(values)
     from prorank_edge.export.parity import spearman
 
     # Repacked kernels add up in another order; the scores move by rounding only.
