@@ -89,7 +89,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
 
     with staged(output_path) as partial:
         f16_path = partial.with_name(partial.name + ".f16") if quant != "f16" else partial
-        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts.contract, f16_path, scales, rank_head)
+        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, f16_path, scales, rank_head)
         fallback = None
         if quant != "f16":
             fallback = _quantize(f16_path, partial, quant)
@@ -132,13 +132,15 @@ def _architecture(config: dict, model_dir: Path) -> str:
     return GGUF_ARCHITECTURES[names[0]]
 
 
-def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, contract: ScoringContract,
+def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, prompts: PromptBuilder,
                path: Path, scales: dict | None = None, rank_head: bool = False) -> str:
     """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name.
 
     scales: channel smoothing to apply on the way (`smoothing.smoothing_scales`), or None.
     rank_head: rotate for llama.cpp's rank pooling (`rank_head.rotate_for_rank_head`)."""
     import gguf
+
+    contract = prompts.contract
 
     model_arch = getattr(gguf.MODEL_ARCH, arch)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[model_arch])
@@ -178,10 +180,9 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
                                             contract.negative_token_id)
         tied = False  # the LM head now differs from the embedding
         separator = None
-        separator_ids = _hf_tokenizer(tokenizer_text).encode(contract.separator, add_special_tokens=False).ids
-        if len(separator_ids) == 1:
+        if len(prompts.separator_ids) == 1:
             marker_id = head.free_token_id(tokenizer, vocab_size)
-            head.copy_token_row(rotated, separator_ids[0], marker_id)
+            head.copy_token_row(rotated, prompts.separator_ids[0], marker_id)
             vocab_size = max(vocab_size, marker_id + 1)
             extra_tokens[marker_id] = separator = head.SEPARATOR_TOKEN
         tensors = rotated.items()
@@ -213,12 +214,6 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, co
     finally:
         writer.close()
     return pre
-
-
-def _hf_tokenizer(tokenizer_text: str):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_str(tokenizer_text)
 
 
 def rerank_template(contract: ScoringContract, separator: str | None = None) -> str:
