@@ -22,3 +22,25 @@ set -x
 # the default alone and fused against BM25 on SciFact test (first 50 queries, then all 300)
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --max-queries 50 --top-k 20 --output json
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --output json
+
+# --- Round 2 (issue 19; 2026-12-02, 2 cores of an AMD EPYC with AVX-512 VNNI/BF16, no AMX; bf16 autocast) ---
+# files in round2/. Stage 2 again from the round-1 built-in model, 384-token prompts, a LoRA trained directly
+# (r 16 on every linear layer), 1 positive + 5 unjudged BM25-top-100 negatives, 520 groups (64 min)
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_long.yaml
+# the best checkpoint (dev, step 130) on all 300 SciFact test queries at its training length (384), BM25 top 20
+.venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 \
+  --model runs/cpu_smollm2_long/stage2 --fusion-weight 0.2 --output json  # -> round2/candidate_eval_test_300_len384.json
+# (the fusion weight 0.2: the adapter build below, first run at 384 into /tmp/new_adapter -> round2/candidate_adapter_len384.json)
+# nDCG@10 on 30 held-out dev queries (BM25 top 10) against rerank latency per max_length, new and old model
+.venv/bin/python benchmarks/length_sweep.py --model runs/cpu_smollm2_long/stage2 \
+  --output benchmarks/results/training/round2/length_sweep_round2.json
+.venv/bin/python benchmarks/length_sweep.py --model default --output benchmarks/results/training/round2/length_sweep_round1.json
+# max_length 256 chosen from the sweep (best dev nDCG@10, half the latency of 384), written into the checkpoint's
+# contract; then the candidate built-in adapter (built into prorank_edge/default_adapter, measured, and NOT kept:
+# the old adapter was put back, see docs/training.md "Round 2"): round 1's rank-16 delta plus the rank-16 LoRA is a delta of rank <= 32,
+# so rank 32 keeps it exactly (fp32 scores within 3e-4 of the checkpoint); fusion weight tuned on dev at 256
+.venv/bin/python -c "from prorank_edge.contract import ScoringContract as C; p='runs/cpu_smollm2_long/stage2'; C.load(p).replace(max_length=256).save(p)"
+.venv/bin/prorank-edge train adapter --model runs/cpu_smollm2_long/stage2 --base smollm2 \
+  --output prorank_edge/default_adapter --rank 32 --data ../shared/data/beir/scifact --top-k 10 --max-queries 30  # -> round2/candidate_adapter_build_256.log
+# the candidate as the built-in default on all 300 test queries (its contract: 256 tokens, fusion weight 0.3)
+.venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --output json  # -> round2/candidate_eval_test_300_len256.json
