@@ -33,6 +33,17 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in flags()]
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     out = {"model": args.model, "dev_queries": report.queries, "top_k": args.top_k,
            "latency": f"one rerank call on {args.latency_docs} BM25 candidates, best of {args.repeats}, median "
-                      f"over {len(calls)} test queries", "cpu": platform.processor() or platform.machine(),
+                      f"over {len(calls)} test queries", "cpu": cpu_model(),
            "cpu_flags": cpu_flags(), "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print("| max_length | dev nDCG@10 | rerank of 20, s |\n|---:|---:|---:|")
