@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,24 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 LOCAL_SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
-
-
-def cpu_flags() -> list[str]:
-    from prorank_edge.devices import cpu_flags as flags
-
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return [f for f in wanted if f in flags()]
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on most Linux systems)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from prorank_edge import Reranker
+    from prorank_edge.benchmarks.harness import machine_info, parse_int_list
     from prorank_edge.evaluation.beir import load_beir
     from prorank_edge.evaluation.bm25 import BM25Retriever
     from prorank_edge.evaluation.evaluate import evaluate_reranker
@@ -73,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     calls = [(test.queries[q], [test.corpus[d].full_text for d in docs]) for q, docs in zip(qids, hits)]
 
     rows = []
-    for length in [int(x) for x in args.lengths.split(",")]:
+    for length in parse_int_list(args.lengths):
         with Reranker(args.model, max_length=length) as reranker:
             report = evaluate_reranker(dev, reranker, top_k=args.top_k, max_queries=args.eval_queries,
                                        show_progress=False)
@@ -93,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     out = {"model": args.model, "dev_queries": report.queries, "top_k": args.top_k,
            "latency": f"one rerank call on {args.latency_docs} BM25 candidates, best of {args.repeats}, median "
-                      f"over {len(calls)} test queries", "cpu": cpu_model(),
-           "cpu_flags": cpu_flags(), "rows": rows}
+                      f"over {len(calls)} test queries", "machine": machine_info(), "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print("| max_length | dev nDCG@10 | rerank of 20, s |\n|---:|---:|---:|")
+    print(f"| max_length | dev nDCG@10 | rerank of {args.latency_docs}, s |\n|---:|---:|---:|")
     for row in rows:
         print(f"| {row['max_length']} | {row['dev_ndcg@10']:.4f} | {row['rerank_s_median']:.2f} |")
     return 0

@@ -23,7 +23,7 @@ def test_length_sweep_writes_one_row_per_length(tiny_qwen2_dir, tmp_path):
                        "--latency-docs", "3", "--repeats", "2", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [row["max_length"] for row in report["rows"]] == [96, 128]
-    assert report["dev_queries"] == 2 and report["cpu"]
+    assert report["dev_queries"] == 2 and report["machine"]["cpu_model"]
     for row in report["rows"]:
         assert 0.0 <= row["dev_ndcg@10"] <= 1.0 and 0.0 <= row["bm25_dev_ndcg@10"] <= 1.0
         assert len(row["rerank_s_each_query"]) == 1 and row["rerank_s_median"] > 0
