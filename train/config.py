@@ -58,6 +58,7 @@ class Stage1Config:
 
     output_dir: str = "runs/stage1"
     learning_rate: float = 1e-5
+    #: GRPO steps; 0: the supervised warm-up below is the whole stage (the ablation's "supervised only" arm)
     max_steps: int = 100
     #: distinct prompts per optimizer step; each is sampled `num_generations` times
     prompts_per_step: int = 4

@@ -183,6 +183,12 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     pairs = balanced_pairs(data.groups, config.seed)
     if not pairs:
         raise ProrankError("stage 1: no training pairs (every query lacks positives or negatives)")
+    if not stage.max_steps and not stage.end_of_turn_warmup_steps:
+        raise ProrankError("stage 1: stage1.max_steps and stage1.end_of_turn_warmup_steps are both 0: nothing "
+                           "to train")
+    if not stage.max_steps and resume:
+        raise ProrankError("stage 1: --resume continues GRPO, and stage1.max_steps is 0 (the warm-up alone); "
+                           "run it again without --resume")
 
     prompt_ids = {}
     rows = {"prompt": [], "label": []}
@@ -199,8 +205,8 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     grpo_args = GRPOConfig(
         output_dir=str(out / RESUME_DIR),
         learning_rate=stage.learning_rate,
-        max_steps=stage.max_steps,
-        num_train_epochs=math.ceil(stage.max_steps / steps_per_epoch),
+        max_steps=max(1, stage.max_steps),  # 0 (the warm-up alone) returns before GRPO is built
+        num_train_epochs=math.ceil(max(1, stage.max_steps) / steps_per_epoch),
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         num_generations=stage.num_generations,
@@ -242,6 +248,8 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
                            prompts.negative_token_id, end_id, stage.end_of_turn_warmup_steps, batch,
                            stage.end_of_turn_warmup_learning_rate, log, stage.end_of_turn_warmup_label,
                            torch.bfloat16 if stage.bf16 else None)
+        if not stage.max_steps:
+            return _warm_up_alone(config, out, model, tokenizer, prompts, data, log)
         if stage.beta and not lora.enabled:
             _reference_is_warmed_model(model, tokenizer, prompts.contract, out)
     elif resume and stage.beta and (out / WARMED_REFERENCE).is_dir():
@@ -263,6 +271,24 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     trainer.add_callback(_callback(config, out, prompts, data, tokenizer, log, is_main))
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     log.write("end", step=trainer.state.global_step, best=read_best(out))
+    return out
+
+
+def _warm_up_alone(config: TrainConfig, out: Path, model, tokenizer, prompts, data: TrainingData,
+                   log: JsonlLog) -> Path:
+    """stage1.max_steps 0: the supervised warm-up is the whole stage (the ablation's "supervised only" arm).
+
+    Saved, scored on dev and logged like a GRPO run's best checkpoint, so stage 2 and the evidence read it alike.
+    """
+    log.write("start", stage="stage1", config=config.to_dict(), data=data.summary(), warm_up_alone=True)
+    score = None
+    if launched_as_rank_0():
+        score = dev_ndcg(model, prompts, data.dev_sample(config.data.dev_eval_queries),
+                         autocast_dtype=torch.bfloat16 if config.stage1.bf16 else None)
+        log.write("dev", step=0, ndcg_at_10=score)
+        save_checkpoint(model, tokenizer, prompts.contract, out)
+        write_best(out, step=0, **({"ndcg@10": score} if score is not None else {}))
+    log.write("end", step=0, best=read_best(out))
     return out
 
 
