@@ -29,6 +29,11 @@ MODELS = ["wide_qwen2_dir", "wide_llama_dir"]
 EXACT_ATOL = 1e-5  # one prompt per decode, flash attention off: the same float ops with or without the cache
 F16_ATOL = {False: 3e-3, None: 3e-2}  # by flash_attn
 QUANT_ATOL = {"q8_0": 0.05, "q4_k_m": 0.15}
+# Candidates closer than this (scored without the cache) are a tie that the ranking check leaves alone. On an
+# AVX2-only EPYC with llama.cpp's repacked q4_K layout (the choice there) the cache moved one random-model score
+# by 0.019 and swapped it with a candidate 0.012 away; with the plain layout (PRORANK_EDGE_LLAMA_REPACK=0)
+# nothing moved. Wider gaps must keep their order, so a cache that reorders real candidates still fails.
+QUANT_TIE = {"q8_0": 0.0, "q4_k_m": 0.03}
 MAX_LENGTH = 160
 QUERY, DOCS, CASES = PREFIX_QUERY, PREFIX_DOCS, PREFIX_CASES
 
@@ -111,9 +116,11 @@ def test_quantized_rankings_unchanged(fixture, quant, request, scifact_dir):
     with on, off:
         with_reuse, without = on.predict(pairs), off.predict(pairs)
     for start in range(0, len(pairs), 4):  # scifact_gguf_pairs: each query with its 4 candidates in a row
-        block = slice(start, start + 4)
-        assert list(np.argsort(-with_reuse[block], kind="stable")) == \
-            list(np.argsort(-without[block], kind="stable")), pairs[start][0]
+        on_block, off_block = with_reuse[start:start + 4], without[start:start + 4]
+        for i in range(4):
+            for j in range(4):
+                if off_block[i] - off_block[j] > QUANT_TIE[quant]:  # i above j, by more than a tie
+                    assert on_block[i] > on_block[j], (pairs[start][0], i, j, off_block, on_block)
     np.testing.assert_allclose(with_reuse, without, atol=QUANT_ATOL[quant])
     print(f"{fixture} {quant}: max |reuse - no reuse| = {float(np.abs(with_reuse - without).max()):.3g}")
 
