@@ -55,15 +55,16 @@ def finished(folder: Path) -> bool:
     return any(json.loads(line).get("event") == "end" for line in log.read_text().splitlines() if line.strip())
 
 
-def run_arm(arm: str, config_path: str | None, overrides: list[str], stage1_only: list[str], root: Path,
-            label_pairs: list, test: dict, bf16_scoring: bool, log=print) -> dict:
+def run_arm(arm: str, base: TrainConfig, config_path: str | None, overrides: list[str], stage1_only: list[str],
+            root: Path, label_pairs: list, test: dict, bf16_scoring: bool, log=print) -> dict:
+    """Train the arm's stages that have not logged their end, and measure it. `base`: the config with the
+    overrides of every stage (what main loaded)."""
     from .evidence import label_answers, test_ndcg
     from .stage1_grpo import train_stage1
     from .stage2_listwise import train_stage2
 
     folder = root / arm
     stage1_dir, stage2_dir = folder / "stage1", folder / "stage2"
-    base = load_config(config_path, overrides)
     entry: dict = {"arm": arm, "recipe": ARMS[arm]}
     if arm == "a":
         start = base.model
@@ -86,6 +87,14 @@ def run_arm(arm: str, config_path: str | None, overrides: list[str], stage1_only
         entry["test"] = test_ndcg(str(stage2_dir), test["beir"], "test", test["queries"], test["top_k"],
                                   base.max_length, bf16_scoring)
     return entry
+
+
+def measured(entry: dict | None, folder: Path, label_pairs: list, test: dict) -> bool:
+    """An earlier report's entry already holds every figure asked for, of stages that finished: a resumed
+    run keeps it instead of scoring the finished arm again (the label pairs and the test set take minutes)."""
+    if not entry or not finished(folder / "stage2") or ("stage1" in entry and not finished(folder / "stage1")):
+        return False
+    return (not label_pairs or "labels_after_stage1" in entry) and (not test or "test" in entry)
 
 
 def earlier_arms(path: Path, settings: dict) -> dict:
@@ -168,9 +177,13 @@ def main(argv=None) -> int:
         test = {"beir": base.data.beir, "queries": args.test_queries, "top_k": args.top_k} if args.test_queries else {}
         if test:
             report["bm25"] = test_ndcg(None, base.data.beir, "test", args.test_queries, args.top_k, base.max_length)
+        log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
         for arm in arms:
-            report["arms"][arm] = run_arm(arm, args.config, args.overrides, args.stage1_set, root, pairs, test,
-                                          args.bf16, log=lambda m: print(m, file=sys.stderr, flush=True))
+            if measured(report["arms"].get(arm), root / arm, pairs, test):
+                log(f"ablation: arm {arm} finished and measured by an earlier run (kept)")
+                continue
+            report["arms"][arm] = run_arm(arm, base, args.config, args.overrides, args.stage1_set, root, pairs,
+                                          test, args.bf16, log=log)
             write()
         write()
     except ProrankError as exc:

@@ -189,6 +189,23 @@ def write_best(directory: str | Path, **values) -> None:
     Path(directory, BEST_FILE).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
 
 
+def keep_if_best(model, tokenizer, prompts: PromptBuilder, dev: Sequence[DevQuery], out: str | Path, log,
+                 step: int, best: float | None, batch_size: int = 16,
+                 autocast_dtype: torch.dtype | None = None) -> float | None:
+    """Score the model on dev, log it, and save it as the stage's output when it beats `best`.
+
+    Both stages (and stage 1's warm-up alone) keep their output this way. Without dev queries (score None) or
+    without a best yet, the model is saved: the last one is then the output. Returns the best score now.
+    """
+    score = dev_ndcg(model, prompts, dev, batch_size, autocast_dtype)
+    log.write("dev", step=step, ndcg_at_10=score)
+    if score is not None and best is not None and score <= best:
+        return best
+    save_checkpoint(model, tokenizer, prompts.contract, out)
+    write_best(out, step=step, **({"ndcg@10": score} if score is not None else {}))
+    return score
+
+
 def set_seed(seed: int) -> None:
     import random
 

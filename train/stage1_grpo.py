@@ -20,14 +20,13 @@ from .common import (
     RESUME_DIR,
     JsonlLog,
     check_process_count,
-    dev_ndcg,
+    keep_if_best,
     launched_as_rank_0,
     load_model_and_tokenizer,
     peft_config,
     read_best,
     save_checkpoint,
     set_seed,
-    write_best,
 )
 from .config import TrainConfig
 from .data import TrainingData, balanced_pairs, load_training_data
@@ -150,13 +149,9 @@ def _callback(config: TrainConfig, out: Path, prompts, data: TrainingData, token
         def evaluate(self, model, step: int) -> None:
             if not is_main():
                 return
-            score = dev_ndcg(model, prompts, data.dev_sample(config.data.dev_eval_queries),
-                             autocast_dtype=torch.bfloat16 if stage.bf16 else None)
-            log.write("dev", step=step, ndcg_at_10=score)
-            if score is None or self.best is None or score > self.best:
-                self.best = score
-                save_checkpoint(model, tokenizer, prompts.contract, out)
-                write_best(out, step=step, **({"ndcg@10": score} if score is not None else {}))
+            self.best = keep_if_best(model, tokenizer, prompts, data.dev_sample(config.data.dev_eval_queries), out,
+                                     log, step, self.best,
+                                     autocast_dtype=torch.bfloat16 if stage.bf16 else None)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if stage.eval_steps and state.global_step % stage.eval_steps == 0:
@@ -281,13 +276,9 @@ def _warm_up_alone(config: TrainConfig, out: Path, model, tokenizer, prompts, da
     Saved, scored on dev and logged like a GRPO run's best checkpoint, so stage 2 and the evidence read it alike.
     """
     log.write("start", stage="stage1", config=config.to_dict(), data=data.summary(), warm_up_alone=True)
-    score = None
     if launched_as_rank_0():
-        score = dev_ndcg(model, prompts, data.dev_sample(config.data.dev_eval_queries),
-                         autocast_dtype=torch.bfloat16 if config.stage1.bf16 else None)
-        log.write("dev", step=0, ndcg_at_10=score)
-        save_checkpoint(model, tokenizer, prompts.contract, out)
-        write_best(out, step=0, **({"ndcg@10": score} if score is not None else {}))
+        keep_if_best(model, tokenizer, prompts, data.dev_sample(config.data.dev_eval_queries), out, log, 0, None,
+                     autocast_dtype=torch.bfloat16 if config.stage1.bf16 else None)
     log.write("end", step=0, best=read_best(out))
     return out
 

@@ -23,13 +23,11 @@ from .common import (
     RESUME_DIR,
     JsonlLog,
     check_process_count,
-    dev_ndcg,
+    keep_if_best,
     load_model_and_tokenizer,
     peft_config,
     read_best,
-    save_checkpoint,
     set_seed,
-    write_best,
 )
 from .config import TrainConfig
 from .data import Passage, TrainingData, listwise_groups, load_training_data
@@ -171,12 +169,7 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
             return
         plain = accelerator.unwrap_model(scorer).model
         autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(stage.mixed_precision)
-        score = dev_ndcg(plain, prompts, dev, stage.eval_batch_size, autocast)
-        log.write("dev", step=step, ndcg_at_10=score)
-        if score is None or best is None or score > best:
-            best = score
-            save_checkpoint(plain, tokenizer, prompts.contract, out)
-            write_best(out, step=step, **({"ndcg@10": score} if score is not None else {}))
+        best = keep_if_best(plain, tokenizer, prompts, dev, out, log, step, best, stage.eval_batch_size, autocast)
 
     def save_resume_state() -> None:
         accelerator.wait_for_everyone()

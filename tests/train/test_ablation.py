@@ -31,7 +31,8 @@ def test_arms_b_to_d_need_both_a_warm_up_and_grpo(tmp_path):
 
 @pytest.mark.slow
 @requires_torch
-def test_ablation_runs_each_arm_with_its_own_stage1_and_the_same_stage2(tiny_qwen2_dir, tmp_path, capsys):
+def test_ablation_runs_each_arm_with_its_own_stage1_and_the_same_stage2(tiny_qwen2_dir, tmp_path, capsys,
+                                                                           monkeypatch):
     pytest.importorskip("trl")
     beir = write_topics_beir(tmp_path / "topics")
     shutil.copyfile(beir / "qrels" / "train.tsv", beir / "qrels" / "test.tsv")
@@ -75,9 +76,36 @@ def test_ablation_runs_each_arm_with_its_own_stage1_and_the_same_stage2(tiny_qwe
     assert table.count("\n| ") == 1 + 4  # the header row and one row per arm
     assert "BM25 test nDCG@10" in table and "| a | stage 2 alone" in capsys.readouterr().out
 
-    # a second run trains nothing again (a run cut short goes on where it stopped)
+    # a second run trains nothing again (a run cut short goes on where it stopped), and keeps the figures of
+    # arms already measured instead of scoring them again
     before = {arm: (out / arm / "stage2" / "train_log.jsonl").stat().st_mtime_ns for arm in "abcd"}
+    from prorank_edge.train import evidence
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("a finished, measured arm was scored again")
+
+    monkeypatch.setattr(evidence, "label_answers", must_not_score)
+    monkeypatch.setattr(evidence, "test_ndcg", lambda model, *args, **kwargs: (
+        must_not_score() if model is not None else {"ndcg@10": report["bm25"]["ndcg@10"]}))
     assert ablation.main(argv + ["--arms", "a,d"]) == 0
+    assert json.loads((out / "ablation.json").read_text())["arms"]["d"] == report["arms"]["d"]
     assert all((out / arm / "stage2" / "train_log.jsonl").stat().st_mtime_ns == before[arm] for arm in "abcd")
     # and the arms it did not run again stay in the report
     assert list(json.loads((out / "ablation.json").read_text())["arms"]) == ["a", "b", "c", "d"]
+
+
+def test_an_arm_is_measured_again_when_a_figure_is_missing_or_a_stage_did_not_finish(tmp_path):
+    def log(folder, *events):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train_log.jsonl").write_text("".join(json.dumps({"event": e}) + "\n" for e in events))
+
+    entry = {"arm": "b", "stage1": {}, "labels_after_stage1": {}, "test": {}}
+    log(tmp_path / "stage1", "start", "end")
+    log(tmp_path / "stage2", "start", "end")
+    assert ablation.measured(entry, tmp_path, [("pair",)], {"queries": 3})
+    assert not ablation.measured({k: v for k, v in entry.items() if k != "test"}, tmp_path, [], {"queries": 3})
+    assert ablation.measured({k: v for k, v in entry.items() if k != "test"}, tmp_path, [], {})
+    assert not ablation.measured(None, tmp_path, [], {})
+    log(tmp_path / "stage1", "start")  # stage 1 cut short: its stage 2 started from another model
+    assert not ablation.measured(entry, tmp_path, [], {})
+    assert ablation.measured({"arm": "a", "test": {}}, tmp_path, [], {"queries": 3})  # arm a has no stage 1

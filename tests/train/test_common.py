@@ -58,3 +58,27 @@ def test_a_launch_that_accelerate_does_not_join_is_refused(monkeypatch):
     check_process_count(2)
     monkeypatch.delenv("WORLD_SIZE")
     check_process_count(1)
+
+
+@requires_torch
+def test_keep_if_best_saves_only_a_better_dev_score_and_always_without_dev(monkeypatch, tmp_path):
+    import prorank_edge.train.common as common
+
+    scores, saved, logged = iter([0.40, 0.35, 0.50, None]), [], []
+    monkeypatch.setattr(common, "dev_ndcg", lambda *args, **kwargs: next(scores))
+    monkeypatch.setattr(common, "save_checkpoint", lambda model, tokenizer, contract, out: saved.append(model))
+
+    class Log:
+        def write(self, event, **fields):
+            logged.append((event, fields))
+
+    prompts = type("Prompts", (), {"contract": None})()
+    best = None
+    for step in (10, 20, 30, 40):
+        best = common.keep_if_best(f"model@{step}", None, prompts, [], tmp_path, Log(), step, best)
+        if step == 20:  # 0.35 < 0.40: the step-10 model stays the output
+            assert best == 0.40 and common.read_best(tmp_path) == {"step": 10, "ndcg@10": 0.40}
+    # 0.40 saved (no best yet), 0.35 not, 0.50 saved; no dev score (None) saves the last model
+    assert saved == ["model@10", "model@30", "model@40"]
+    assert best is None and common.read_best(tmp_path) == {"step": 40}
+    assert [fields["ndcg_at_10"] for _, fields in logged] == [0.40, 0.35, 0.50, None]
