@@ -44,3 +44,7 @@ set -x
   --output prorank_edge/default_adapter --rank 32 --data ../shared/data/beir/scifact --top-k 10 --max-queries 30  # -> round2/candidate_adapter_build_256.log
 # the candidate as the built-in default on all 300 test queries (its contract: 256 tokens, fusion weight 0.3)
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --output json  # -> round2/candidate_eval_test_300_len256.json
+
+# Stage ablation (issue 19), 2026-12-02, AMD EPYC avx512_bf16, bf16: benchmarks/results/training/ablation/
+.venv/bin/python -m prorank_edge.train.ablation --config train/configs/cpu_smollm2.yaml \
+  --output-dir runs/ablation --stage1-set data.random_negatives=3 --test-queries 300 --top-k 20 --label-pairs 200 --bf16
