@@ -14,21 +14,35 @@ class _Group(click.Group):
     """Prints user errors as one line (exit 2) instead of a traceback; Ctrl-C exits 130, SIGTERM 143."""
 
     def invoke(self, ctx):
-        from .staging import Terminated, sigterm_raises
+        from .staging import Terminated, sigterm_exits, sigterm_raises
 
         # SIGTERM unwinds like Ctrl-C, so staging folders and temporary files are removed on the way out.
         sigterm_raises()
+        code = 1  # an unexpected exception: Python prints its traceback and exits 1
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            code = 0
+            return result
+        except click.exceptions.Exit as exc:  # --help, or a command's own ctx.exit
+            code = exc.exit_code
+            raise
+        except click.ClickException as exc:
+            code = exc.exit_code
+            raise
         except ProrankError as exc:
+            code = 2
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
         except Terminated:
+            code = 143
             click.echo("terminated", err=True)
             ctx.exit(143)
         except KeyboardInterrupt:
+            code = 130
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        finally:
+            sigterm_exits(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,25 @@ def sigterm_raises() -> None:
     """From now on SIGTERM raises Terminated in the main thread (the CLI calls this once at start-up)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def sigterm_exits(code: int) -> None:
+    """Once the command has returned, SIGTERM ends the process at once with the command's exit status.
+
+    There is nothing left to unwind by then, and a Terminated raised later lands in click's wrap-up (which turns
+    it into "Aborted!" and exit 1: a finished batch job once failed CI that way) or in an atexit hook (a
+    traceback after a clean run)."""
+
+    def _exit(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or file: nothing more can reach it
+                pass
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit)
 
 
 def make_parent(target: Path, what: str = "output") -> None:

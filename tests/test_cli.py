@@ -176,3 +176,43 @@ def test_command_line_bytes_that_are_not_utf8_name_the_option(tmp_path, option):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{option}: invalid Unicode: a lone surrogate U+DCFF at character 5" in result.output
 
+
+
+# SIGTERM after the command has returned: before the fix a finished `batch` job exited 1 ("Aborted!") when the
+# signal landed in click's wrap-up, and printed a Terminated traceback when it landed in an atexit hook.
+LATE_SIGTERM = {
+    "click's wrap-up": """
+        import click
+        from prorank_edge import cli
+        invoke, leave, returned = cli._Group.invoke, click.Context.__exit__, []
+        def invoke_and_note(self, ctx):
+            try:
+                return invoke(self, ctx)
+            finally:
+                returned.append(True)
+        def signal_then_leave(self, *exc):
+            if returned and self.parent is None:  # the top context, left after the command returned
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            return leave(self, *exc)
+        cli._Group.invoke, click.Context.__exit__ = invoke_and_note, signal_then_leave
+    """,
+    "an atexit hook": """
+        import atexit
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+    """,
+}
+
+
+@pytest.mark.parametrize("where", list(LATE_SIGTERM))
+def test_sigterm_after_the_command_returned_exits_with_its_status(where):
+    import textwrap
+
+    script = "import os, signal, sys, time\n" + textwrap.dedent(LATE_SIGTERM[where]) + textwrap.dedent("""
+        from prorank_edge.cli import main
+        main(["rerank", "--help"], prog_name="prorank-edge")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: prorank-edge rerank" in done.stdout
+    assert done.stderr == ""
