@@ -30,7 +30,7 @@ import numpy as np
 
 from ..devices import cpu_flags, cpu_has_native_bf16, usable_cores
 from ..errors import ProrankError
-from ..formats import BENCH_FORMATS, QUANTS, TOKENIZER_FILENAME, TORCH_DTYPES
+from ..formats import BENCH_FORMATS, OPENVINO_DTYPES, QUANTS, TOKENIZER_FILENAME, TORCH_DTYPES
 from .report import RESULT_FILES, write_outputs
 
 # The bare-engine comparison runs on the export defaults (one artifact per engine keeps the run short).
@@ -56,7 +56,7 @@ def parse_formats(text: str | Sequence[str]) -> list[Variant]:
     variants = []
     for name in names:
         backend, _, quant = name.partition("-")
-        valid = TORCH_DTYPES if backend == "torch" else QUANTS.get(backend, ())
+        valid = {"torch": TORCH_DTYPES, "openvino": OPENVINO_DTYPES}.get(backend, QUANTS.get(backend, ()))
         if quant not in valid:
             raise ProrankError(f"unknown format {name!r}; choose from: {', '.join(BENCH_FORMATS)}")
         if name not in [v.name for v in variants]:
@@ -197,7 +197,13 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 EXPORT_REVISIONS = {"onnx": 2, "gguf": 3}
 
 
+def exported_as(variant: Variant) -> Variant:
+    """The artifact a variant runs: openvino-* run the onnx fp32 export, at their own precision."""
+    return Variant("onnx-fp32", "onnx", "fp32") if variant.backend == "openvino" else variant
+
+
 def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant) -> Path:
+    variant = exported_as(variant)
     if variant.backend == "torch":
         return model_dir
     stem = (f"{model_dir.name}-{model_fingerprint(model_dir)}-{variant.quant}"
@@ -221,12 +227,13 @@ def ensure_artifact(artifacts_dir: Path, model_dir: Path, variant: Variant,
     from ..export import run_export
 
     path = artifact_path(artifacts_dir, model_dir, variant)
-    if variant.backend == "torch" or path.exists():
+    source = exported_as(variant)
+    if source.backend == "torch" or path.exists():
         return path, None
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    log(f"exporting {variant.name} to {path} (once)")
+    log(f"exporting {source.name} to {path} (once)")
     t0 = time.perf_counter()
-    run_export(model_dir, variant.backend, variant.quant, path, overwrite=False)
+    run_export(model_dir, source.backend, source.quant, path, overwrite=False)
     return path, time.perf_counter() - t0
 
 
@@ -360,8 +367,8 @@ def summarize_peer_minilm(raw: dict, workload: dict, qrels: dict, top_k: int, mo
 
 def summarize_openvino(raw: dict, workload: dict, qrels: dict, top_k: int, params: dict, peaks: dict,
                        artifact: Path, reference: dict | None) -> dict:
-    """A peer row for OpenVINO on the same model.onnx; whole prompts, so its FLOPs are the prompt tokens'."""
-    variant = Variant(f"openvino-{raw['describe']['precision']}", "openvino", raw["describe"]["precision"])
+    """A peer row for bare OpenVINO on the same model.onnx; whole prompts, so its FLOPs are the prompt tokens'."""
+    variant = Variant(f"openvino-bare-{raw['describe']['precision']}", "openvino", raw["describe"]["precision"])
     return dict(summarize_variant(variant, raw, workload, qrels, top_k, params, peaks, artifact, reference),
                 kind="peer")
 
@@ -481,7 +488,8 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
             try:
                 artifact, export_s = ensure_artifact(artifacts_dir, model_dir, variant, log)
                 job = {"kind": "variant", "name": variant.name, "backend": variant.backend,
-                       "dtype": TORCH_DTYPES.get(variant.quant) if variant.backend == "torch" else None,
+                       "dtype": {"torch": TORCH_DTYPES, "openvino": OPENVINO_DTYPES}.get(variant.backend, {}).get(
+                           variant.quant),
                        "model": str(artifact), "workload": str(workload_file), "threads": threads,
                        "repeats": repeats, "batch_size": batch_size, "bare": variant.name in bare_names,
                        "scale": {"candidates": list(scale_candidates), "prompt_lengths": list(scale_lengths),
@@ -502,12 +510,13 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
             log(f"{variant.name}: nDCG@10 {row['ndcg@10']:.4f}, {row['docs_per_s']:.2f} docs/s, "
                 f"p50 {row['latency_p50_ms']:.0f} ms")
 
-        # OpenVINO reads the same model.onnx: is onnxruntime the right engine for it on this CPU?
+        # Bare OpenVINO on the same model.onnx, whole prompts, outside the toolkit (the openvino-* variants run
+        # it through the toolkit, with the prefix reuse graphs).
         onnx_fp32 = next((r for r in report["systems"] if r["name"] == "onnx-fp32"), None)
         if openvino and onnx_fp32 is not None and importlib.util.find_spec("openvino") is not None:
             artifact = Path(onnx_fp32["artifact"])
             for precision in ["f32"] + (["bf16"] if cpu_has_native_bf16() else []):
-                name = f"openvino-{precision}"
+                name = f"openvino-bare-{precision}"
                 log(f"peer: {name} on {artifact.name}/model.onnx")
                 try:
                     raw = run_worker({"kind": "openvino", "name": name, "model": str(artifact / "model.onnx"),

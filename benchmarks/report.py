@@ -75,9 +75,10 @@ def markdown_report(report: dict) -> str:
                   "prompt prefix once), on by default; benchmarks/prefix_cache.py measures it on against off. "
                   "Share of peak: 2 x matmul parameters x computed tokens/s over the measured fp32 GEMM rate. "
                   "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
-                  "over queries. x torch bf16 / fp32: docs/s over that variant's, same run. openvino-*: OpenVINO "
-                  "on the onnx-fp32 artifact's model.onnx, same token ids and batches, whole prompts (no prefix "
-                  "cache), at that inference precision."]
+                  "over queries. x torch bf16 / fp32: docs/s over that variant's, same run. openvino-fp32/bf16: "
+                  "the openvino backend (the toolkit path, prefix cache on) on the onnx-fp32 artifact. "
+                  "openvino-bare-*: bare OpenVINO on that artifact's model.onnx, same token ids and batches, "
+                  "whole prompts (no prefix cache), at that inference precision."]
     bare_rows = [[r["name"], r["bare_engine"]["engine"], _fmt(r["bare_engine"]["docs_per_s"]),
                   _fmt(r["bare_engine"]["toolkit_docs_per_s_paired"]), _fmt(r["bare_engine"]["overhead_pct"], 1, "%"),
                   f"{r['bare_engine']['max_abs_score_diff']:.2e}"]

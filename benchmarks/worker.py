@@ -186,7 +186,7 @@ def run_variant(job: dict, workload: dict) -> dict:
         import llama_cpp  # noqa: F401
     import_s = time.perf_counter() - t0
     rss_before_load = _rss_bytes()
-    options = {"dtype": job["dtype"]} if job["backend"] == "torch" else {}
+    options = {"dtype": job["dtype"]} if job["backend"] in ("torch", "openvino") else {}
     t0 = time.perf_counter()
     reranker = Reranker(job["model"], backend=job["backend"], device="cpu", threads=threads,
                         batch_size=job["batch_size"], **options)

@@ -816,7 +816,7 @@ def _load_onnx_header(path: Path):
 
 def _reuse_info(staging: Path, shared: int | None) -> dict:
     """export_info's record of the reuse graphs: files, names, and the weight bytes they borrow from model.onnx."""
-    from ..backends.onnx_backend import weights_fingerprint
+    from ..backends.onnx_artifact import weights_fingerprint
 
     if shared is None:
         return {"prefix_reuse": None}
@@ -846,6 +846,7 @@ def _check_reuse_graphs(staging: Path, prompts: PromptBuilder, quant: str, fp32_
     import numpy as np
     import onnxruntime as ort
 
+    from ..backends.onnx_artifact import suffix_feed
     from ..backends.onnx_backend import reuse_scores
     from ..contract import left_pad, shared_prefix_length
 
@@ -865,7 +866,7 @@ def _check_reuse_graphs(staging: Path, prompts: PromptBuilder, quant: str, fp32_
     try:
         past = sessions[ONNX_PREFIX_MODEL_FILENAME].run(
             list(ONNX_PREFIX_OUTPUT_NAMES), {ONNX_PREFIX_INPUT_NAME: np.asarray([ids[0][:prefix]], dtype=np.int64)})
-        scores = reuse_scores(sessions[ONNX_SUFFIX_MODEL_FILENAME], past, [row[prefix:] for row in ids])
+        scores = reuse_scores(sessions[ONNX_SUFFIX_MODEL_FILENAME], suffix_feed(past, [row[prefix:] for row in ids]))
     except Exception as exc:  # onnxruntime's own exception types
         raise ProrankError(f"{ONNX_PREFIX_MODEL_FILENAME}/{ONNX_SUFFIX_MODEL_FILENAME}: the reuse graphs do not "
                            f"run in onnxruntime ({exc})") from None

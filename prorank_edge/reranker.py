@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .backends import backend_class
+from .backends import BACKEND_NAMES, backend_class, reads
 from .backends.base import ScoringBackend
 from .documents import Document, unicode_problem
 from .errors import InputError, ModelNotFoundError, ProrankError
@@ -37,7 +37,8 @@ class Reranker:
 
     model: a local checkpoint folder, an exported artifact (.onnx folder or .gguf file), a Hugging Face Hub
         id (e.g. mixedbread-ai/mxbai-rerank-base-v2), or None for the built-in default.
-    backend: "auto" (picked from the model), "torch", "onnx" or "gguf".
+    backend: "auto" (picked from the model), "torch", "onnx", "gguf", or "openvino" (an ONNX artifact run by
+        OpenVINO: bf16 on CPUs with AMX or AVX-512 BF16).
     device: "auto", "cpu", "cuda", "cuda:N".
     max_length: whole prompt length in tokens, template included (default: the model's contract, 512).
     prefix_cache: compute the prompt prefix that a query's candidates share (system prompt, instruction,
@@ -50,17 +51,18 @@ class Reranker:
                  threads: int | None = None, prefix_cache: bool = True, **backend_options):
         self.source: ModelSource = resolve_model(model)
         name = self.source.kind if backend in (None, "auto") else backend
-        if name != self.source.kind:
+        if reads(name) != self.source.kind:
+            others = " or ".join(n for n in BACKEND_NAMES if reads(n) == self.source.kind)
             raise ProrankError(
                 f"{self.source.path}: this is a {self.source.kind} model; the {name} backend cannot read it "
-                f"(use --backend {self.source.kind} or auto)"
+                f"(use --backend {others} or auto)"
             )
         if batch_size < 1:
             raise ProrankError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.prefix_cache = bool(prefix_cache)
         options = dict(max_length=max_length, device=device, threads=threads, **backend_options)
-        if name == "torch":
+        if name in ("torch", "openvino"):
             options["dtype"] = dtype
         backend_cls = backend_class(name)
         try:

@@ -13,7 +13,10 @@ _REGISTRY = {
     "torch": ("prorank_edge.backends.torch_backend", "TorchBackend", ("torch", "transformers"), "torch"),
     "onnx": ("prorank_edge.backends.onnx_backend", "OnnxBackend", ("onnxruntime",), "onnx"),
     "gguf": ("prorank_edge.backends.gguf_backend", "GgufBackend", ("llama_cpp",), "gguf"),
+    "openvino": ("prorank_edge.backends.openvino_backend", "OpenVinoBackend", ("openvino",), "openvino"),
 }
+# The kind of model each backend reads (models.detect_kind); openvino runs the ONNX artifacts onnxruntime runs.
+_READS = {"torch": "torch", "onnx": "onnx", "gguf": "gguf", "openvino": "onnx"}
 
 BACKEND_NAMES = tuple(_REGISTRY)
 
@@ -24,6 +27,11 @@ def is_available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None and all(
         importlib.util.find_spec(dep) is not None for dep in needs
     )
+
+
+def reads(name: str) -> str:
+    """The model kind backend `name` reads."""
+    return _READS.get(name, name)
 
 
 def available_backends() -> list[str]:

@@ -14,11 +14,13 @@ def model_options(func):
                      help="Checkpoint folder, exported artifact (.gguf file or ONNX folder), or Hub id such as "
                           "mixedbread-ai/mxbai-rerank-base-v2. Default: the built-in offline model."),
         click.option("--backend", type=click.Choice(("auto",) + BACKEND_NAMES), default="auto", show_default=True,
-                     help="Inference engine; auto picks it from the model."),
+                     help="Inference engine; auto picks it from the model (an ONNX folder: onnx). openvino runs "
+                          "an ONNX folder with OpenVINO (the openvino extra)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True,
-                     help="torch backend precision; auto = bf16 on GPUs and on CPUs with native bf16, else fp32."),
+                     help="torch and openvino precision; auto = bf16 on GPUs and on CPUs with native bf16 (AMX or "
+                          "AVX-512 BF16), else fp32."),
         click.option("--max-length", type=click.IntRange(min=16), default=None,
                      help="Tokens per prompt, template included; only the document is cut. Default: the "
                           "model's contract (512)."),
