@@ -71,6 +71,11 @@ def test_bad_files_and_options_are_named(tiny_qwen2_onnx, tiny_qwen2_dir, tmp_pa
     broken = tmp_path / "broken"
     shutil.copytree(tiny_qwen2_onnx, broken)
     (broken / "model.onnx").write_bytes(b"garbage" * 1000)
+    # the reuse graphs read their weights inside model.onnx: its export-time fingerprint catches the rewrite
+    with pytest.raises(ProrankError, match=re.escape(str(broken)) + ": model.onnx has changed since export"):
+        openvino_backend(broken)
+    for name in ("prefix.onnx", "suffix.onnx"):
+        (broken / name).unlink()
     with pytest.raises(ProrankError, match=re.escape(str(broken / "model.onnx")) + ": OpenVINO cannot compile"):
         openvino_backend(broken)
     lone = tmp_path / "lone"
