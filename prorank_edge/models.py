@@ -31,7 +31,8 @@ _COMPLETE_MARKER = ".prorank-complete"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model: `kind` is the backend that reads it ("torch", "onnx" or "gguf")."""
+    """A resolved model: `kind` is what it is, "torch", "onnx" or "gguf", and names its default backend (an
+    "onnx" artifact is also read by the openvino backend)."""
 
     kind: str
     path: Path
