@@ -30,7 +30,7 @@ import numpy as np
 
 from ..devices import cpu_flags, cpu_has_native_bf16, usable_cores
 from ..errors import ProrankError
-from ..formats import BENCH_FORMATS, OPENVINO_DTYPES, QUANTS, TOKENIZER_FILENAME, TORCH_DTYPES
+from ..formats import BENCH_FORMATS, DTYPE_BACKENDS, QUANTS, TOKENIZER_FILENAME, TORCH_DTYPES
 from .report import RESULT_FILES, write_outputs
 
 # The bare-engine comparison runs on the export defaults (one artifact per engine keeps the run short).
@@ -56,7 +56,7 @@ def parse_formats(text: str | Sequence[str]) -> list[Variant]:
     variants = []
     for name in names:
         backend, _, quant = name.partition("-")
-        valid = {"torch": TORCH_DTYPES, "openvino": OPENVINO_DTYPES}.get(backend, QUANTS.get(backend, ()))
+        valid = TORCH_DTYPES if backend in DTYPE_BACKENDS else QUANTS.get(backend, ())
         if quant not in valid:
             raise ProrankError(f"unknown format {name!r}; choose from: {', '.join(BENCH_FORMATS)}")
         if name not in [v.name for v in variants]:
@@ -488,8 +488,7 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
             try:
                 artifact, export_s = ensure_artifact(artifacts_dir, model_dir, variant, log)
                 job = {"kind": "variant", "name": variant.name, "backend": variant.backend,
-                       "dtype": {"torch": TORCH_DTYPES, "openvino": OPENVINO_DTYPES}.get(variant.backend, {}).get(
-                           variant.quant),
+                       "dtype": TORCH_DTYPES[variant.quant] if variant.backend in DTYPE_BACKENDS else None,
                        "model": str(artifact), "workload": str(workload_file), "threads": threads,
                        "repeats": repeats, "batch_size": batch_size, "bare": variant.name in bare_names,
                        "scale": {"candidates": list(scale_candidates), "prompt_lengths": list(scale_lengths),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..formats import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAME
+from ..formats import DTYPE_BACKENDS, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAME
 
 GEMM_SIZE = 2048
 GEMM_ITERATIONS = 5
@@ -186,7 +186,7 @@ def run_variant(job: dict, workload: dict) -> dict:
         import llama_cpp  # noqa: F401
     import_s = time.perf_counter() - t0
     rss_before_load = _rss_bytes()
-    options = {"dtype": job["dtype"]} if job["backend"] in ("torch", "openvino") else {}
+    options = {"dtype": job["dtype"]} if job["backend"] in DTYPE_BACKENDS else {}
     t0 = time.perf_counter()
     reranker = Reranker(job["model"], backend=job["backend"], device="cpu", threads=threads,
                         batch_size=job["batch_size"], **options)

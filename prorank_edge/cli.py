@@ -23,10 +23,7 @@ class _Group(click.Group):
             result = super().invoke(ctx)
             code = 0
             return result
-        except click.exceptions.Exit as exc:  # --help, or a command's own ctx.exit
-            code = exc.exit_code
-            raise
-        except click.ClickException as exc:
+        except (click.exceptions.Exit, click.ClickException) as exc:  # --help, ctx.exit, a usage error
             code = exc.exit_code
             raise
         except ProrankError as exc:

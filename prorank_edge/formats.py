@@ -58,12 +58,13 @@ GGUF_HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0"}
 ONNX_BLOCK_SIZE = 32
 #: torch precisions the bench measures (fp16 is left out: CPUs have no fast fp16 matmul)
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-#: precisions the bench runs the openvino backend at, on the onnx fp32 artifact (its --dtype values)
-OPENVINO_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+#: backends that take --dtype: their bench variants are TORCH_DTYPES precisions, not exported quant levels
+#: (openvino runs the onnx fp32 artifact at that precision)
+DTYPE_BACKENDS = ("torch", "openvino")
 #: every backend-level variant the bench knows, in report order
 BENCH_FORMATS = tuple(f"torch-{d}" for d in TORCH_DTYPES) + tuple(
     f"{fmt}-{q}" for fmt in ("onnx", "gguf") for q in QUANTS[fmt] if q != "fp16"
-) + tuple(f"openvino-{d}" for d in OPENVINO_DTYPES)
+) + tuple(f"openvino-{d}" for d in TORCH_DTYPES)
 
 # ---- architectures ----------------------------------------------------------------------------------------
 #: transformers architecture -> gguf-py MODEL_ARCH name, for the GGUF exporter

@@ -11,6 +11,7 @@ from .backends import BACKEND_NAMES, backend_class, reads
 from .backends.base import ScoringBackend
 from .documents import Document, unicode_problem
 from .errors import InputError, ModelNotFoundError, ProrankError
+from .formats import DTYPE_BACKENDS
 from .models import ModelSource, resolve_model
 
 DEFAULT_BATCH_SIZE = 16
@@ -62,7 +63,7 @@ class Reranker:
         self.batch_size = batch_size
         self.prefix_cache = bool(prefix_cache)
         options = dict(max_length=max_length, device=device, threads=threads, **backend_options)
-        if name in ("torch", "openvino"):
+        if name in DTYPE_BACKENDS:
             options["dtype"] = dtype
         backend_cls = backend_class(name)
         try:
