@@ -1,10 +1,12 @@
 """A fine-tuned reranker stored as a low-rank difference from its base model, small enough for the repository.
 
-Training here fine-tunes every weight, so the result is a full 540 MB checkpoint. The difference from the base
-is close to low rank, so each 2-D weight's delta is kept as a truncated SVD, `delta ~ B @ A` (rank r, fp16),
-and each 1-D weight's delta (norms, biases) in full. `apply_adapter` adds them back onto the base checkpoint
-and saves a plain checkpoint that every backend and the exporters read. `adapter.json` records the base,
-the rank and how much of each delta the rank keeps (relative Frobenius error), so the loss is on record.
+Training saves a full 540 MB checkpoint, whether it fine-tuned every weight or trained a LoRA (merged on save).
+Each 2-D weight's delta from the base is kept as a truncated SVD, `delta ~ B @ A` (rank r, fp16), and each 1-D
+weight's delta (norms, biases) in full. A delta of rank <= r (LoRAs of ranks summing to r, as the built-in
+default is made) is then kept exactly; a full fine-tune's is approximated. `apply_adapter` adds them back onto
+the base checkpoint and saves a plain checkpoint that every backend and the exporters read. `adapter.json`
+records the base, the rank and how much of each delta the rank keeps (relative Frobenius error), so the loss is
+on record.
 
 `adapter_deltas` reads the deltas back with numpy alone, so the torch merge here and the GGUF merge of
 gguf_adapter.py (an edge box without torch) add the very same arrays. `make_adapter` and `apply_adapter` need

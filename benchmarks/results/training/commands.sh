@@ -57,3 +57,15 @@ set -x
 .venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round3.yaml
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --model runs/round3/stage2 \
   --fusion-weight auto --output json --quiet  # -> round3/eval_test_300.json
+
+# --- Round 4 (issue 19; 2026-12-04, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round4/. Round 3's stage 2 (256 tokens, 1 positive + 3 BM25 negatives, dev on all 100 queries) as a
+# rank-16 LoRA trained directly on the built-in default (round 1), 480 steps (1.2 epochs, 109 min with two
+# SIGSTOP pauses for benchmarks); then the rank-32 adapter, which holds round 1's rank-16 delta plus the LoRA
+# exactly, with its fusion weight tuned on the 100 dev queries (BM25 top 20); then test with the shipped default.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round4.yaml
+.venv/bin/prorank-edge train adapter --model runs/round4/stage2 --base smollm2 --output runs/round4/adapter \
+  --rank 32 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 --max-queries 100  # -> round4/adapter_build.json
+cp runs/round4/adapter/* prorank_edge/default_adapter/
+.venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --output json --quiet  # -> round4/eval_test_300.json
+.venv/bin/python benchmarks/results/training/default_gguf_vs_torch.py  # -> round4/default_gguf_vs_torch.json
