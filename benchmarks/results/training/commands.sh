@@ -69,3 +69,20 @@ set -x
 cp runs/round4/adapter/* prorank_edge/default_adapter/
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --output json --quiet  # -> round4/eval_test_300.json
 .venv/bin/python benchmarks/results/training/default_gguf_vs_torch.py  # -> round4/default_gguf_vs_torch.json
+
+# --- Round 5 (issue 19; 2026-12-04, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round5/. A fresh rank-16 LoRA on the round-4 default (init_from: default, i.e. round 4's adapter at
+# commit 6f7c94f), 1 positive + 7 BM25-top-30 negatives per group, one group a step, lr 3e-4, 420 steps (76 min);
+# then the rank-48 adapter (round 4's rank-32 delta plus the LoRA, exactly) with its fusion weight tuned on the 100
+# dev queries; then test with the shipped default, and Cranfield (never trained on) as the generalization check.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round5.yaml
+.venv/bin/prorank-edge train adapter --model runs/round5/stage2 --base smollm2 --output runs/round5/adapter \
+  --rank 48 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 --max-queries 100  # -> round5/adapter_build.json
+cp runs/round5/adapter/* prorank_edge/default_adapter/
+.venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --output json --quiet  # -> round5/eval_test_300.json
+# Cranfield: cran.all.1400, cran.qry, cranqrel (Glasgow IR group; copies on GitHub, e.g. michael-xander/SimpleIRSystem)
+.venv/bin/python benchmarks/cranfield_to_beir.py --raw cranfield_raw --output data/cranfield
+.venv/bin/prorank-edge eval --data data/cranfield --split test --bm25-only --top-k 20 --output json --quiet  # BM25 0.3650
+# with round 4's default (before the cp above; --threads 1 beside the adapter build, so its timing is not a figure):
+.venv/bin/prorank-edge eval --data data/cranfield --split test --top-k 20 --output json --quiet  # -> round5/cranfield_round4_default.json
+.venv/bin/prorank-edge eval --data data/cranfield --split test --top-k 20 --max-queries 100 --output json --quiet  # -> round5/cranfield_round5_default_100q.json
