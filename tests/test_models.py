@@ -34,7 +34,8 @@ def test_the_default_model_is_smollm2_plus_the_packaged_adapter(smollm2_dir):
     assert contract.extra["fusion_weight"] == info["dev"]["fusion_weight"]
     assert info["dev"]["split"] == "train"
     # The built-in model is LoRAs trained directly on earlier adapters (round 5: rank 16 on round 4's rank 32): the
-    # rank-48 SVD holds it exactly (fp16 rounding aside). A lossy adapter (round 1's rank-16 SVD of a full fine-tune: errors ~0.7) fails here.
+    # rank-48 SVD holds it exactly (fp16 rounding aside). A lossy adapter (round 1's rank-16 SVD of a full
+    # fine-tune: errors ~0.7) fails here.
     assert max(info["relative_error"].values()) < 0.01, "the packaged adapter approximates its trained model"
     pairs = ADAPTER_PAIRS[:2]
     base_scores = Reranker(str(base.path), backend="torch", device="cpu").predict(pairs)
