@@ -164,12 +164,14 @@ class Reranker:
             results.append(item)
         return results
 
-    def describe(self) -> dict:
+    def describe(self, since: dict | None = None) -> dict:
+        """The backend, its settings and the tokens scored so far; `since`, an earlier describe(), counts only
+        the tokens scored after it."""
         info = self.backend.describe()
         info["max_length"] = self.contract.max_length
         info["batch_size"] = self.batch_size
         info["prefix_cache"] = self.prefix_cache and self.backend.reuses_prefix
-        counts = self.backend.token_counts
+        counts = {key: value - (since or {}).get(key, 0) for key, value in self.backend.token_counts.items()}
         info.update(counts)
         if counts["prompt_tokens"]:
             info["computed_share"] = round(counts["computed_tokens"] / counts["prompt_tokens"], 4)

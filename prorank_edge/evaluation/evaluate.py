@@ -150,7 +150,7 @@ def evaluate_reranker(data: BeirData, reranker: Reranker | None = None, top_k: i
     report.add_system("bm25", {q: {c.doc_id: c.bm25_score for c in cands} for q, cands in report.candidates.items()})
 
     if reranker is not None:
-        report.model = reranker.describe()
+        before = reranker.describe()
         start = time.perf_counter()
         with _progress(len(qids), show_progress, "reranking") as bar:
             for qid in qids:
@@ -164,6 +164,7 @@ def evaluate_reranker(data: BeirData, reranker: Reranker | None = None, top_k: i
                     report.pairs_scored += len(cands)
                 bar.update(1)
         elapsed = time.perf_counter() - start
+        report.model = reranker.describe(since=before)  # after the reranking: this evaluation's token counts
         report.timing.update(rerank_s=elapsed, pairs_per_s=report.pairs_scored / elapsed if elapsed > 0 else 0.0)
         report.add_system("reranker", {q: {c.doc_id: c.rerank_score for c in cands}
                                        for q, cands in report.candidates.items()})

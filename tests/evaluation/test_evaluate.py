@@ -17,8 +17,11 @@ def test_evaluate_reranker_with_tiny_model(tiny_beir, tiny_qwen2_dir, tmp_path):
     data = load_beir(tiny_beir)
     run_file = tmp_path / "reranked.txt"
     with Reranker(str(tiny_qwen2_dir), dtype="float32") as reranker:
+        reranker.predict([("an earlier query", "an earlier document")])  # not this evaluation's tokens
         report = evaluate_reranker(data, reranker, top_k=5, show_progress=False, run_file=str(run_file))
         q1_cands = report.candidates["q1"]
+        prompt_ids = [ids for qid, cands in report.candidates.items()
+                      for ids in reranker.prompts.build(data.queries[qid], [data.corpus[c.doc_id].full_text for c in cands])]
         expected = reranker.predict([(data.queries["q1"], data.corpus[c.doc_id].full_text) for c in q1_cands])
 
     assert list(report.metrics) == ["bm25", "reranker"]
@@ -27,6 +30,10 @@ def test_evaluate_reranker_with_tiny_model(tiny_beir, tiny_qwen2_dir, tmp_path):
         assert all(0.0 <= v <= 1.0 for v in values.values())
     assert report.pairs_scored == 3 * 5
     assert report.model["max_length"] and report.model["batch_size"] == 16
+    # the tokens of this evaluation's 15 prompts, counted after the reranking (not a snapshot taken before it)
+    assert report.model["prompt_tokens"] == sum(len(ids) for ids in prompt_ids)
+    assert 0 < report.model["computed_tokens"] < report.model["prompt_tokens"]
+    assert report.model["computed_share"] == round(report.model["computed_tokens"] / report.model["prompt_tokens"], 4)
     for qid in data.queries:  # every query reranked, over exactly its BM25 candidates
         cands = report.candidates[qid]
         assert len(cands) == 5 and all(c.rerank_score is not None for c in cands)
