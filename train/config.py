@@ -40,6 +40,9 @@ class DataConfig:
     dev_top_k: int = 20
     #: cap on training queries (None: all); useful for quick runs
     max_train_queries: int | None = None
+    #: seeds which negatives each stage-2 group draws and the groups' order (None: `seed`); the dev split always
+    #: follows `seed`, so a later round can train on new groups while holding out the same dev queries
+    group_seed: int | None = None
 
 
 @dataclass
@@ -130,6 +133,10 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+
+    @property
+    def group_seed(self) -> int:
+        return self.seed if self.data.group_seed is None else self.data.group_seed
 
     def lora_for(self, stage: str) -> LoraConfig:
         own = getattr(self, stage).lora

@@ -87,7 +87,7 @@ def _grades(groups: Sequence[tuple[str, list[Passage]]]) -> torch.Tensor:
 def _equal_size_groups(data: TrainingData, config: TrainConfig, epoch: int) -> list[tuple[str, list[Passage]]]:
     """This epoch's groups, fresh negatives per epoch; groups are cut to one size so they stack into a batch."""
     negatives = config.data.hard_negatives + config.data.random_negatives
-    groups = listwise_groups(data.groups, config.data.positives_per_group, negatives, seed=config.seed + epoch)
+    groups = listwise_groups(data.groups, config.data.positives_per_group, negatives, seed=config.group_seed + epoch)
     if not groups:
         raise ProrankError("stage 2: no training groups (every query lacks positives or negatives)")
     size = min(len(p) for _, p in groups)
@@ -134,7 +134,7 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
 
         model = get_peft_model(model, peft_config(lora))
     data = data or load_training_data(config.data, config.seed)
-    groups_per_epoch = len(listwise_groups(data.groups, config.data.positives_per_group, 1, config.seed))
+    groups_per_epoch = len(listwise_groups(data.groups, config.data.positives_per_group, 1, config.group_seed))
     world = accelerator.num_processes
     steps_per_epoch = max(1, groups_per_epoch // (stage.groups_per_step * world * stage.gradient_accumulation_steps))
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))

@@ -176,3 +176,29 @@ def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(t
     moved = np.abs(scores_one - start).max()
     assert moved > 1e-2
     np.testing.assert_allclose(scores_two, scores_one, atol=0.02 * moved)
+
+
+@requires_torch
+def test_group_seed_draws_new_groups_and_keeps_the_dev_split(tmp_path):
+    """data.group_seed changes stage 2's groups (negatives and order) but never which queries are held out."""
+    from prorank_edge.train.data import load_training_data
+    from prorank_edge.train.stage2_listwise import _equal_size_groups
+
+    path = write_train_jsonl(tmp_path / "train.jsonl", queries=12)
+
+    def groups_and_dev(*overrides):
+        config = load_config(None, [f"data.jsonl={path}", "data.dev_queries=3", "data.hard_negatives=2", *overrides])
+        data = load_training_data(config.data, config.seed)
+        groups = [(query, [p.doc_id for p in passages]) for query, passages in _equal_size_groups(data, config, 0)]
+        return groups, sorted(d.query_id for d in data.dev)
+
+    default_groups, default_dev = groups_and_dev()
+    assert groups_and_dev("data.group_seed=0") == (default_groups, default_dev)
+    new_groups, new_dev = groups_and_dev("data.group_seed=1")
+    assert new_dev == default_dev
+    assert new_groups != default_groups
+    # epoch e of group_seed s is epoch e + s of the default: one shuffle stream, shifted
+    config = load_config(None, [f"data.jsonl={path}", "data.dev_queries=3", "data.hard_negatives=2"])
+    data = load_training_data(config.data, config.seed)
+    epoch1 = [(q, [p.doc_id for p in ps]) for q, ps in _equal_size_groups(data, config, 1)]
+    assert new_groups == epoch1
