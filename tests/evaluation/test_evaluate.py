@@ -20,8 +20,8 @@ def test_evaluate_reranker_with_tiny_model(tiny_beir, tiny_qwen2_dir, tmp_path):
         reranker.predict([("an earlier query", "an earlier document")])  # not this evaluation's tokens
         report = evaluate_reranker(data, reranker, top_k=5, show_progress=False, run_file=str(run_file))
         q1_cands = report.candidates["q1"]
-        prompt_ids = [ids for qid, cands in report.candidates.items()
-                      for ids in reranker.prompts.build(data.queries[qid], [data.corpus[c.doc_id].full_text for c in cands])]
+        prompt_ids = [ids for qid, cands in report.candidates.items() for ids in
+                      reranker.prompts.build(data.queries[qid], [data.corpus[c.doc_id].full_text for c in cands])]
         expected = reranker.predict([(data.queries["q1"], data.corpus[c.doc_id].full_text) for c in q1_cands])
 
     assert list(report.metrics) == ["bm25", "reranker"]
