@@ -113,6 +113,10 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
             _consolidate_external_data(path)
         fp32_bytes = _onnx_bytes(fp32_path)
         factors = _w8a8_factors(fp32_path, prompts) if quant == "w8a8" else None
+        if quant == "int4":
+            from .onnx_int4 import adapter_low_rank
+
+            factors = adapter_low_rank(model_dir)
         model_path = _write_model(fp32_path, staging, quant, factors=factors)
         shared = _write_reuse_graphs(reuse_fp32, staging, quant, factors)
         _check_graph_scores(model_path, sample, expected if quant == "fp32" else None)
@@ -136,7 +140,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
             "max_length": prompts.max_length,
             "fp32_model_bytes": fp32_bytes,
             "model_bytes": _onnx_bytes(model_path),
-            **_reuse_info(staging, shared), **_w8a8_info(factors),
+            **_reuse_info(staging, shared), **_quant_info(quant, factors),
             "export_seconds": round(time.perf_counter() - started, 1),
             "prorank_edge_version": __version__,
             "torch_version": torch.__version__,
@@ -186,7 +190,7 @@ def quantize_onnx(artifact_dir: str | Path, output_dir: str | Path, quant: str, 
         prompts.contract.save(staging)
         source_info = {k: v for k, v in source_info.items() if k not in _REUSE_INFO_KEYS}
         info = dict(source_info, quant=quant, source_artifact=str(artifact_dir.resolve()),
-                    model_bytes=_onnx_bytes(model_path), **_reuse_info(staging, shared), **_w8a8_info(factors),
+                    model_bytes=_onnx_bytes(model_path), **_reuse_info(staging, shared), **_quant_info(quant, factors),
                     export_seconds=round(time.perf_counter() - started, 1),
                     prorank_edge_version=__version__, onnxruntime_version=_version("onnxruntime"))
         _write_export_info(staging, info)
@@ -218,7 +222,8 @@ def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False,
 
 
 def _convert(fp32_path: Path, target: Path, quant: str, factors: dict | None = None) -> None:
-    """factors: w8a8's channel factors (onnx_int8.channel_factors), the same for model.onnx and the reuse graphs."""
+    """factors, the same for model.onnx and the reuse graphs: w8a8's channel factors (onnx_int8.channel_factors);
+    for int4, the low-rank deltas of the adapter the checkpoint was merged from (onnx_int4.adapter_low_rank)."""
     if quant == "int8":
         _quantize_int8(fp32_path, target)
     elif quant == "w8a8":
@@ -226,7 +231,7 @@ def _convert(fp32_path: Path, target: Path, quant: str, factors: dict | None = N
 
         _save_onnx(quantize_int8(_load_onnx(fp32_path), factors), target)
     elif quant == "int4":
-        _quantize_int4(fp32_path, target)
+        _quantize_int4(fp32_path, target, factors)
     else:
         _convert_fp16(fp32_path, target)
 
@@ -492,11 +497,12 @@ def _quantize_int8(source: Path, target: Path) -> None:
     _save_onnx(quantizer.model.model, target)
 
 
-def _quantize_int4(source: Path, target: Path) -> None:
+def _quantize_int4(source: Path, target: Path, low_rank: dict | None = None) -> None:
     """4-bit weight-only MatMuls (min-max per block with a float zero point) and a 4-bit embedding table.
 
     Symmetric 4-bit (one scale per block, zero at 8) wastes a level and cannot place the grid; on
-    SmolLM2-135M it gave Spearman 0.87 against fp32 scores, the min-max blocks 0.99 or better.
+    SmolLM2-135M it gave Spearman 0.87 against fp32 scores, the min-max blocks 0.99 or better. With `low_rank`
+    (onnx_int4.adapter_low_rank) the base weights go to 4 bits and the adapter's delta stays beside them in fp32.
     """
     from onnx import version_converter
     module = _nbits_quantizer_module()
@@ -508,7 +514,16 @@ def _quantize_int4(source: Path, target: Path) -> None:
     # this graph uses), so older graphs go through the real converter first.
     if _default_opset(model) < 20:
         model = version_converter.convert_version(model, 21)
-    matmuls = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=ONNX_BLOCK_SIZE, bits=4))
+    excluded = []
+    if low_rank:
+        from .onnx_int4 import split_low_rank
+
+        model, excluded, split = split_low_rank(model, low_rank)
+        if not split:
+            raise ProrankError(f"{source}: no MatMul weight of this graph is one the checkpoint's adapter was merged "
+                               "into (was the checkpoint changed after the merge?)")
+    matmuls = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=ONNX_BLOCK_SIZE, bits=4),
+                                   nodes_to_exclude=excluded)
     matmuls.node_quantizer = _min_max_block_quantizer(matmuls.algo_config)
     with warnings.catch_warnings():
         # It wraps read-only weight arrays in torch tensors that it only reads.
@@ -533,9 +548,13 @@ def _w8a8_factors(fp32_path: Path, prompts: PromptBuilder) -> dict:
     return channel_factors(calibrate(fp32_path, feeds))
 
 
-def _w8a8_info(factors: dict | None) -> dict:
-    if factors is None:
+def _quant_info(quant: str, factors: dict | None) -> dict:
+    """What export_info.json records of the level's calibration (see _convert for `factors`)."""
+    if not factors:
         return {}
+    if quant == "int4":
+        return {"int4": {"adapter_matrices_kept_exact": len(factors),
+                         "adapter_rank": max(a_t.shape[1] for a_t, _ in factors.values())}}
     from .onnx_int8 import INT8_SMOOTHING_ALPHA, OUTLIER_RATIO
 
     return {"w8a8": {"smoothing_alpha": INT8_SMOOTHING_ALPHA, "outlier_ratio": OUTLIER_RATIO,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ProrankError
-from .formats import ADAPTER_INFO_FILENAME, ADAPTER_WEIGHTS_FILENAME, CONTRACT_FILENAME
+from .formats import ADAPTER_INFO_FILENAME, ADAPTER_WEIGHTS_FILENAME, CONTRACT_FILENAME, MERGED_ADAPTER_FOLDER
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,9 +76,9 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
     return info
 
 
-def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
-    """Tensor name (as in the base checkpoint) -> float32 delta: `B @ A` for 2-D weights, stored in full for
-    the rest. Needs numpy and safetensors only."""
+def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """({name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full), float32, names as in
+    the base checkpoint. Needs numpy and safetensors only."""
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -86,22 +86,32 @@ def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
         raise ProrankError(f"{adapter_dir}: no {ADAPTER_WEIGHTS_FILENAME}")
     stored = load_file(str(adapter_dir / ADAPTER_WEIGHTS_FILENAME))
-    deltas = {}
+    low_rank, full = {}, {}
     for key, value in stored.items():
         if key.endswith(_FULL):
-            deltas[key[: -len(_FULL)]] = value.astype(np.float32)
+            full[key[: -len(_FULL)]] = value.astype(np.float32)
         elif key.endswith(_B):
             name = key[: -len(_B)]
             if name + _A not in stored:
                 raise ProrankError(f"{adapter_dir}: {key} has no matching {name + _A}")
-            deltas[name] = value.astype(np.float32) @ stored[name + _A].astype(np.float32)
+            low_rank[name] = (value.astype(np.float32), stored[name + _A].astype(np.float32))
         elif not key.endswith(_A):
             raise ProrankError(f"{adapter_dir}: unexpected adapter tensor {key}")
-    return deltas
+    return low_rank, full
+
+
+def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
+    """Tensor name (as in the base checkpoint) -> float32 delta: `B @ A` for 2-D weights, stored in full for
+    the rest. Needs numpy and safetensors only."""
+    low_rank, full = adapter_factors(adapter_dir)
+    return {**full, **{name: b @ a for name, (b, a) in low_rank.items()}}
 
 
 def apply_adapter(base_dir: str | Path, adapter_dir: str | Path, output_dir: str | Path) -> Path:
-    """Save base + adapter as a plain checkpoint (config, weights, tokenizer of the base; the adapter's contract)."""
+    """Save base + adapter as a plain checkpoint (config, weights, tokenizer of the base; the adapter's contract).
+
+    The adapter itself is kept in the checkpoint's MERGED_ADAPTER_FOLDER: the int4 ONNX exporter quantizes the
+    base and keeps the delta exact from it (export/onnx_int4.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,4 +131,8 @@ def apply_adapter(base_dir: str | Path, adapter_dir: str | Path, output_dir: str
     model.save_pretrained(output_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(output_dir)
     shutil.copyfile(adapter_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
+    (output_dir / MERGED_ADAPTER_FOLDER).mkdir()
+    for name in (ADAPTER_WEIGHTS_FILENAME, ADAPTER_INFO_FILENAME):
+        if (adapter_dir / name).is_file():
+            shutil.copyfile(adapter_dir / name, output_dir / MERGED_ADAPTER_FOLDER / name)
     return output_dir

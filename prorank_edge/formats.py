@@ -13,6 +13,9 @@ TOKENIZER_FILENAME = "tokenizer.json"
 CHECKPOINT_CONFIG_FILENAME = "config.json"
 ADAPTER_WEIGHTS_FILENAME = "adapter.safetensors"
 ADAPTER_INFO_FILENAME = "adapter.json"
+#: a checkpoint merged from a base and an adapter (adapter.apply_adapter) keeps that adapter in this subfolder, so
+#: the int4 exporter can quantize the base alone and run the adapter's low-rank delta beside it, exactly
+MERGED_ADAPTER_FOLDER = "adapter"
 
 # ---- ONNX artifact (a folder) -----------------------------------------------------------------------------
 ONNX_MODEL_FILENAME = "model.onnx"

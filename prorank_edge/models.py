@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MissingExtraError, ModelNotFoundError, ProrankError
-from .formats import ADAPTER_WEIGHTS_FILENAME, CHECKPOINT_CONFIG_FILENAME, GGUF_SUFFIX, ONNX_MODEL_FILENAME
+from .formats import (
+    ADAPTER_WEIGHTS_FILENAME,
+    CHECKPOINT_CONFIG_FILENAME,
+    GGUF_SUFFIX,
+    MERGED_ADAPTER_FOLDER,
+    ONNX_MODEL_FILENAME,
+)
 from .staging import staged
 
 DEFAULT_MODEL = "default"
@@ -169,7 +175,8 @@ def adapted_default_dir(base_dir: Path) -> Path:
     """base + the packaged adapter, merged once into the cache (named by the adapter's hash, so a new adapter
     is merged anew)."""
     target = cache_dir() / "models" / f"{SMOLLM2_CACHE_NAME}-prorank-{_adapter_digest()}"
-    if (target / _COMPLETE_MARKER).is_file():
+    # A merge cached before merges kept their adapter (MERGED_ADAPTER_FOLDER) is made again, once.
+    if (target / _COMPLETE_MARKER).is_file() and (target / MERGED_ADAPTER_FOLDER).is_dir():
         return target
     from .adapter import apply_adapter
 

@@ -1,0 +1,152 @@
+"""ONNX int4 of a base plus an adapter (export/onnx_int4.py): the base in 4 bits, the adapter's delta beside it in
+fp32, on a tiny Qwen2 whose base sits on the 4-bit grid as SmolLM2 does; and on the built-in model (slow)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from conftest import (  # noqa: E402
+    fine_tune,
+    mixed_length_pairs,
+    onnx_backend,
+    requires_torch,
+    rewrite_checkpoint,
+    scifact_gguf_pairs,
+    torch_fp32_backend,
+)
+
+from prorank_edge.formats import MERGED_ADAPTER_FOLDER  # noqa: E402
+
+BLOCK = 32
+
+
+def on_4bit_grid(tensor: np.ndarray) -> np.ndarray:
+    """Min-max 4-bit blocks of 32 along the input dimension (GGUF Q4_1's grid, which SmolLM2's weights are on)."""
+    rows, cols = tensor.shape
+    blocks = tensor.reshape(rows, cols // BLOCK, BLOCK).astype(np.float64)
+    low, high = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
+    scale = np.where(high > low, (high - low) / 15, 1.0)
+    return (np.round((blocks - low) / scale) * scale + low).reshape(rows, cols).astype(np.float32)
+
+
+def on_integer_grid(tensor: np.ndarray, step: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Values (q - 8) x step, q in 0..15, each block of 32 holding 0, 8 and 15: a table every 4-bit block
+    quantizer (the embedding's GatherBlockQuantized, with integer zero points) stores exactly."""
+    q = np.random.default_rng(seed).integers(0, 16, tensor.shape)
+    q[:, ::BLOCK], q[:, 1::BLOCK], q[:, 2::BLOCK] = 0, 8, 15
+    return ((q - 8) * step).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def base_and_merged(tiny_qwen2_dir, tmp_path_factory):
+    """(a base on the 4-bit grids, the base fine-tuned by a rank-4 delta and merged back from its adapter). The
+    embedding keeps the base's values: a Gather is quantized alike in both exports, so only the matmuls differ."""
+    from prorank_edge.adapter import apply_adapter, make_adapter
+
+    root = tmp_path_factory.mktemp("int4_adapter")
+    base = rewrite_checkpoint(tiny_qwen2_dir, root / "base", lambda name, t: t if t.ndim != 2 else
+                              on_integer_grid(t) if "embed" in name else on_4bit_grid(t))
+    tuned = fine_tune(base, root / "tuned", delta_rank=4)
+    from safetensors.numpy import load_file
+
+    embedding = "model.embed_tokens.weight"
+    base_embedding = load_file(str(base / "model.safetensors"))[embedding]
+    tuned = rewrite_checkpoint(tuned, root / "tuned_embedding", lambda name, t: base_embedding
+                               if name == embedding else t)
+    make_adapter(base, tuned, root / "adapter", rank=4)
+    merged = apply_adapter(base, root / "adapter", root / "merged")
+    return base, merged
+
+
+def _scores(backend, pairs):
+    return backend.score_batch(backend.prompts.build_pairs(pairs))
+
+
+@requires_torch
+def test_int4_keeps_an_adapters_delta_that_plain_4bit_rounding_loses(base_and_merged, tmp_path):
+    from onnx import load
+    from scipy.stats import spearmanr
+
+    from prorank_edge.export.onnx_export import export_onnx
+
+    _, merged = base_and_merged
+    assert (merged / MERGED_ADAPTER_FOLDER / "adapter.safetensors").is_file()  # apply_adapter keeps it
+    plain = tmp_path / "plain_checkpoint"
+    shutil.copytree(merged, plain)
+    shutil.rmtree(plain / MERGED_ADAPTER_FOLDER)
+
+    info = export_onnx(merged, tmp_path / "split", quant="int4")
+    export_onnx(plain, tmp_path / "plain", quant="int4")
+    assert info["int4"] == {"adapter_matrices_kept_exact": 14, "adapter_rank": 4}  # 7 matrices x 2 layers
+
+    graph = load(str(tmp_path / "split" / "model.onnx"), load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    thin = [node for node in graph.node if node.op_type == "MatMul" and "/adapter_" in node.name]
+    # every matrix of the body: a 4-bit base plus the two fp32 factors (a silent fallback to fp32 fails here)
+    weights = {init.name for init in graph.initializer}
+    constant = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert ops.count("MatMulNBits") == 14 and len(thin) == 28 and constant == thin
+
+    pairs = mixed_length_pairs(16)
+    reference = _scores(torch_fp32_backend(merged), pairs)
+    split = _scores(onnx_backend(tmp_path / "split"), pairs)
+    rounded = _scores(onnx_backend(tmp_path / "plain"), pairs)
+    split_error, rounded_error = np.abs(split - reference).max(), np.abs(rounded - reference).max()
+    print(f"\nint4 max |score - fp32|: base + adapter {split_error:.2e}, merged weights rounded {rounded_error:.2e}")
+    # the base is on the grid, so what is left is fp32 rounding, not quantization
+    assert split_error < 1e-3 < rounded_error
+    assert spearmanr(split, reference).statistic > 0.999
+
+    # the prefix reuse graphs are split alike: computing the shared prefix once changes no score
+    from prorank_edge import Reranker
+
+    query = pairs[0][0]
+    documents = [doc for q, doc in pairs if q == query]
+    with Reranker(str(tmp_path / "split"), prefix_cache=True) as cached, \
+            Reranker(str(tmp_path / "split"), prefix_cache=False) as whole:
+        on, off = cached.predict([(query, d) for d in documents]), whole.predict([(query, d) for d in documents])
+        assert cached.describe()["computed_tokens"] < cached.describe()["prompt_tokens"]
+    assert len(documents) > 1 and np.abs(on - off).max() < 1e-3
+
+
+def test_an_adapter_that_matches_no_weight_of_the_graph_is_an_error(base_and_merged, tmp_path):
+    """A graph whose weights are stored otherwise than the checkpoint's (say, a tracer that keeps a Transpose)
+    must not quietly become plain int4, which loses the fine-tuning."""
+    from prorank_edge.errors import ProrankError
+    from prorank_edge.export.onnx_export import _quantize_int4, export_onnx
+    from prorank_edge.export.onnx_int4 import adapter_low_rank
+
+    base, merged = base_and_merged
+    export_onnx(base, tmp_path / "fp32")
+    low_rank = adapter_low_rank(merged)  # keys of the merged weights, which the base's graph does not hold
+    with pytest.raises(ProrankError, match="no MatMul weight of this graph is one the checkpoint's adapter"):
+        _quantize_int4(tmp_path / "fp32" / "model.onnx", tmp_path / "int4.onnx", low_rank)
+    assert adapter_low_rank(base) is None  # a checkpoint without an adapter: plain int4
+
+
+@pytest.mark.slow
+def test_builtin_model_int4_ranks_like_fp32(tmp_path, scifact_dir):
+    """The built-in reranker (SmolLM2 on the Q4_1 grid plus the shipped adapter), 4 SciFact queries x 10."""
+    from scipy.stats import spearmanr
+
+    from prorank_edge.export.onnx_export import export_onnx
+    from prorank_edge.models import default_model
+
+    model_dir = default_model().path
+    pairs = scifact_gguf_pairs(scifact_dir, n_queries=4, negatives=9)
+    export_onnx(model_dir, tmp_path / "int4", quant="int4", max_length=160)
+    backend = onnx_backend(tmp_path / "int4")
+    token_ids = backend.prompts.build_pairs(pairs)
+    reference = torch_fp32_backend(model_dir, max_length=160)
+    expected = np.concatenate([reference.score_batch(token_ids[i:i + 8]) for i in range(0, len(token_ids), 8)])
+    scores = np.concatenate([backend.score_batch(token_ids[i:i + 8]) for i in range(0, len(token_ids), 8)])
+    rho = np.mean([spearmanr(scores[i:i + 10], expected[i:i + 10]).statistic for i in range(0, len(pairs), 10)])
+    print(f"\nbuilt-in int4: per-query Spearman {rho:.4f}, max |drift| {np.abs(scores - expected).max():.3f}")
+    assert rho >= 0.97
