@@ -194,7 +194,8 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 # gguf r2: the LM head is kept finer than the body (f16 in q8_0, q8_0 in q4_k_m).
 # gguf r3: channel smoothing before quantization (export/smoothing.py).
 # onnx r2: prefix.onnx and suffix.onnx beside model.onnx (prefix reuse).
-EXPORT_REVISIONS = {"onnx": 2, "gguf": 3}
+# onnx r3: int4 of a merged checkpoint keeps its adapter's delta beside the 4-bit base (export/onnx_int4.py).
+EXPORT_REVISIONS = {"onnx": 3, "gguf": 3}
 
 
 def exported_as(variant: Variant) -> Variant:

@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 from conftest import ADAPTER_PAIRS, REPO, requires_torch  # noqa: E402
 
-from prorank_edge.formats import ADAPTER_INFO_FILENAME  # noqa: E402
+from prorank_edge.formats import ADAPTER_INFO_FILENAME, ADAPTER_WEIGHTS_FILENAME, MERGED_ADAPTER_FOLDER  # noqa: E402
 from prorank_edge.reranker import Reranker  # noqa: E402
 
 
@@ -30,6 +30,9 @@ def test_the_default_model_is_smollm2_plus_the_packaged_adapter(smollm2_dir):
     assert base.path == smollm2_dir and default.kind == "torch" and default.path != base.path
     contract = ScoringContract.load(default.path)
     info = json.loads((DEFAULT_ADAPTER_DIR / ADAPTER_INFO_FILENAME).read_text())
+    # The merge keeps its adapter, which the int4 exporter reads (export/onnx_int4.py).
+    kept = default.path / MERGED_ADAPTER_FOLDER / ADAPTER_WEIGHTS_FILENAME
+    assert kept.read_bytes() == (DEFAULT_ADAPTER_DIR / ADAPTER_WEIGHTS_FILENAME).read_bytes()
     # The fusion weight was tuned on held-out training queries and travels in the contract.
     assert contract.extra["fusion_weight"] == info["dev"]["fusion_weight"]
     assert info["dev"]["split"] == "train"
