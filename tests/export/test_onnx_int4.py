@@ -36,30 +36,24 @@ def on_4bit_grid(tensor: np.ndarray) -> np.ndarray:
     return (np.round((blocks - low) / scale) * scale + low).reshape(rows, cols).astype(np.float32)
 
 
-def on_integer_grid(tensor: np.ndarray, step: float = 0.05, seed: int = 0) -> np.ndarray:
-    """Values (q - 8) x step, q in 0..15, each block of 32 holding 0, 8 and 15: a table every 4-bit block
-    quantizer (the embedding's GatherBlockQuantized, with integer zero points) stores exactly."""
-    q = np.random.default_rng(seed).integers(0, 16, tensor.shape)
-    q[:, ::BLOCK], q[:, 1::BLOCK], q[:, 2::BLOCK] = 0, 8, 15
-    return ((q - 8) * step).astype(np.float32)
+def on_8bit_grid(tensor: np.ndarray, step: float = 0.004, seed: int = 0) -> np.ndarray:
+    """Values q x step, |q| <= 127, each block of 32 holding 127: GGUF Q8_0's grid, which SmolLM2's embedding
+    is on and the int4 exporter's 8-bit embedding table stores exactly."""
+    q = np.random.default_rng(seed).integers(-127, 128, tensor.shape)
+    q[:, ::BLOCK] = 127
+    return (q * step).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def base_and_merged(tiny_qwen2_dir, tmp_path_factory):
-    """(a base on the 4-bit grids, the base fine-tuned by a rank-4 delta and merged back from its adapter). The
-    embedding keeps the base's values: a Gather is quantized alike in both exports, so only the matmuls differ."""
+    """(a base on the grids of SmolLM2's file, 4-bit matrices and an 8-bit embedding, then that base fine-tuned
+    by a rank-4 delta and merged back from its adapter)."""
     from prorank_edge.adapter import apply_adapter, make_adapter
 
     root = tmp_path_factory.mktemp("int4_adapter")
     base = rewrite_checkpoint(tiny_qwen2_dir, root / "base", lambda name, t: t if t.ndim != 2 else
-                              on_integer_grid(t) if "embed" in name else on_4bit_grid(t))
+                              on_8bit_grid(t) if "embed" in name else on_4bit_grid(t))
     tuned = fine_tune(base, root / "tuned", delta_rank=4)
-    from safetensors.numpy import load_file
-
-    embedding = "model.embed_tokens.weight"
-    base_embedding = load_file(str(base / "model.safetensors"))[embedding]
-    tuned = rewrite_checkpoint(tuned, root / "tuned_embedding", lambda name, t: base_embedding
-                               if name == embedding else t)
     make_adapter(base, tuned, root / "adapter", rank=4)
     merged = apply_adapter(base, root / "adapter", root / "merged")
     return base, merged
@@ -71,7 +65,7 @@ def _scores(backend, pairs):
 
 @requires_torch
 def test_int4_keeps_an_adapters_delta_that_plain_4bit_rounding_loses(base_and_merged, tmp_path):
-    from onnx import load
+    from onnx import TensorProto, load
     from scipy.stats import spearmanr
 
     from prorank_edge.export.onnx_export import export_onnx
@@ -84,15 +78,20 @@ def test_int4_keeps_an_adapters_delta_that_plain_4bit_rounding_loses(base_and_me
 
     info = export_onnx(merged, tmp_path / "split", quant="int4")
     export_onnx(plain, tmp_path / "plain", quant="int4")
-    assert info["int4"] == {"adapter_matrices_kept_exact": 14, "adapter_rank": 4}  # 7 matrices x 2 layers
+    assert info["int4"]["base_plus_adapter"] and info["int4"]["adapter_rank"] == 4
 
     graph = load(str(tmp_path / "split" / "model.onnx"), load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
     thin = [node for node in graph.node if node.op_type == "MatMul" and "/adapter_" in node.name]
-    # every matrix of the body: a 4-bit base plus the two fp32 factors (a silent fallback to fp32 fails here)
-    weights = {init.name for init in graph.initializer}
+    # every matrix of the body (7 x 2 layers): a 4-bit base plus the two fp32 factors, and the embedding's
+    # factor (a silent fallback to fp32 fails here)
+    weights = {init.name: init for init in graph.initializer}
     constant = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
-    assert ops.count("MatMulNBits") == 14 and len(thin) == 28 and constant == thin
+    assert ops.count("MatMulNBits") == 14 and len(thin) == 2 * 14 + 1 and constant == thin
+    # the embedding: an int8 table (its base) and the adapter's rows, no 4-bit GatherBlockQuantized
+    tables = [weights[node.input[0]] for node in graph.node if node.op_type == "Gather" and node.input[0] in weights]
+    assert "GatherBlockQuantized" not in ops and sorted(t.data_type for t in tables) == [
+        TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT8]  # scales, the delta's B, the int8 base
 
     pairs = mixed_length_pairs(16)
     reference = _scores(torch_fp32_backend(merged), pairs)
@@ -148,5 +147,7 @@ def test_builtin_model_int4_ranks_like_fp32(tmp_path, scifact_dir):
     expected = np.concatenate([reference.score_batch(token_ids[i:i + 8]) for i in range(0, len(token_ids), 8)])
     scores = np.concatenate([backend.score_batch(token_ids[i:i + 8]) for i in range(0, len(token_ids), 8)])
     rho = np.mean([spearmanr(scores[i:i + 10], expected[i:i + 10]).statistic for i in range(0, len(pairs), 10)])
-    print(f"\nbuilt-in int4: per-query Spearman {rho:.4f}, max |drift| {np.abs(scores - expected).max():.3f}")
-    assert rho >= 0.97
+    drift = np.abs(scores - expected).max()
+    print(f"\nbuilt-in int4: per-query Spearman {rho:.4f}, max |drift| {drift:.2e}")
+    # measured: 1.0000 and under 5e-4 (plain int4 of the merged weights: 0.39; with a 4-bit table: 0.976, 2.2)
+    assert rho >= 0.99 and drift < 1e-2
