@@ -116,8 +116,8 @@ def split_low_rank(model, low_rank: dict[str, tuple[np.ndarray, np.ndarray]]) ->
         data = 0 if original.op_type == "Gather" else 1
         stem = f"{original.input[data]}/split{split}"
         replaced.add(original.input[data])
-        original.output[0] = output + "/base"
         if original.op_type == "MatMul":
+            original.output[0] = output + "/base"
             original.input[1] = constant(stem + "/base", base.astype(np.float32))
             down = node("MatMul", [original.input[0], constant(stem + _DOWN, left)], output + _DOWN, name + _DOWN)
             delta_out = node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP)
@@ -126,7 +126,7 @@ def split_low_rank(model, low_rank: dict[str, tuple[np.ndarray, np.ndarray]]) ->
             ids, width = original.input[1], base.shape[1]
             values, scales = _q8_blocks(base)
             original.input[0] = constant(stem + "/base_q8", values)
-            original.output[0] = output + "/base_q8"  # int8 rows, scaled back to float below
+            original.output[0] = output + "/base_q8"  # int8 rows, scaled back to float as output + "/base"
             rows = node("Cast", [output + "/base_q8"], output + "/rows", name + "/cast", to=TensorProto.FLOAT)
             shape = node("Shape", [ids], output + "/ids_shape", name + "/ids_shape")
             blocked = node("Concat", [shape, constant(stem + "/blocks", np.array([width // Q8_BLOCK, Q8_BLOCK]))],
