@@ -6,6 +6,9 @@ in `gguf` cannot make K-quants. Beside llama.cpp's usual keys, two keys make the
 
     prorank.contract        the scoring contract as JSON, label token ids filled in
     prorank.tokenizer_json  the checkpoint's tokenizer.json, so the runtime tokenizes exactly like torch
+
+q4_lora is written by this module alone (no llama.cpp): q4_0 matrices and a LoRA file beside the GGUF
+(export/gguf_lora.py).
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ from ..contract import PromptBuilder, ScoringContract
 from ..devices import usable_cores
 from ..errors import MissingExtraError, ProrankError
 from ..formats import (
+    ADAPTER_WEIGHTS_FILENAME,
     GGUF_ARCHITECTURES,
     GGUF_CONTRACT_KEY,
     GGUF_FTYPES,
     GGUF_HEAD_TYPES,
+    GGUF_LORA_KEY,
     GGUF_RANK_HEAD_KEY,
     GGUF_RERANK_TEMPLATE_NAME,
     GGUF_TOKENIZER_JSON_KEY,
+    MERGED_ADAPTER_FOLDER,
+    QUANTS,
     RANK_HEAD_KIND,
 )
 from ..staging import staged
+from . import gguf_lora
 from .parity import builtin_pairs
 from .smoothing import DEFAULT_ALPHAS, calibration_maxima, smooth_tensor, smoothing_scales
 
@@ -47,15 +55,16 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
                 max_length: int | None = None, smoothing_alpha: float | None = None, rank_head: bool = False) -> dict:
     """Convert the checkpoint in `model_dir` to a GGUF reranker at `output_path`; returns what was written.
 
-    quant: "f16", "q8_0" or "q4_k_m". max_length: stored in the file's contract (default: the checkpoint's).
+    quant: "f16", "q8_0", "q4_k_m" or "q4_lora" (which also writes NAME.lora.gguf beside the file).
+    max_length: stored in the file's contract (default: the checkpoint's).
     smoothing_alpha: channel smoothing before quantization (export/smoothing.py); None: DEFAULT_ALPHAS for the
     quantized levels, none for f16; 0 turns it off.
     rank_head: rotate the model so that llama.cpp's rank pooling (`llama-server --reranking`) returns the ProRank
     score, and store the ProRank prompt as its rerank template (export/rank_head.py).
     The file is written under a temporary name beside `output_path` and renamed only when complete.
     """
-    if quant not in GGUF_FTYPES:
-        raise ProrankError(f"unknown GGUF quantization {quant!r}; choose one of: {', '.join(GGUF_FTYPES)}")
+    if quant not in QUANTS["gguf"]:
+        raise ProrankError(f"unknown GGUF quantization {quant!r}; choose one of: {', '.join(QUANTS['gguf'])}")
     model_dir, output_path = Path(model_dir), Path(output_path)
     if not (model_dir / "config.json").is_file():
         raise ProrankError(f"{model_dir}: not a transformers checkpoint (no config.json)")
@@ -65,7 +74,16 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         raise ProrankError(f"{output_path}: a GGUF file name must end in .gguf")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     arch = _architecture(config, model_dir)
-    if quant != "f16" and not _has_llama_cpp():  # fail before the slow conversion
+    lora_path = gguf_lora.lora_path_for(output_path) if quant == "q4_lora" else None
+    if lora_path is not None:
+        if rank_head:
+            raise ProrankError("--rank-head cannot be combined with q4_lora: the rotation moves the weights off the "
+                               "4-bit grid that q4_lora keeps exact")
+        if smoothing_alpha:
+            raise ProrankError("--smooth does not apply to q4_lora, whose matrices keep their 4-bit grid exactly")
+        if lora_path.exists() and not overwrite:
+            raise ProrankError(f"{lora_path} already exists; pass overwrite=True (--overwrite) to replace it")
+    elif quant != "f16" and not _has_llama_cpp():  # fail before the slow conversion
         raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp")
     if smoothing_alpha is None:
         smoothing_alpha = DEFAULT_ALPHAS.get(quant, 0.0)
@@ -87,13 +105,26 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         maxima, weight_maxima = calibration_maxima(model_dir, builtin_pairs(), prompts.contract.max_length)
         scales = smoothing_scales(maxima, weight_maxima, config, smoothing_alpha)
 
+    lora_info = None
     with staged(output_path) as partial:
-        f16_path = partial.with_name(partial.name + ".f16") if quant != "f16" else partial
-        pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, f16_path, scales, rank_head)
         fallback = None
-        if quant != "f16":
-            fallback = _quantize(f16_path, partial, quant)
-            f16_path.unlink()
+        if lora_path is not None:
+            # The LoRA is renamed into place first (inner block), so a complete NAME.gguf always has its LoRA.
+            with staged(lora_path) as lora_partial:
+                encoder = gguf_lora.Q4LoraEncoder(_adapter_low_rank(model_dir))
+                pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, partial, rank_head=False,
+                                 encoder=encoder, metadata={GGUF_LORA_KEY: lora_path.name})
+                gguf_lora.write_lora(lora_partial, _gguf_arch_name(arch), encoder.factors)
+                os.replace(lora_partial, lora_path)
+            lora_info = {"path": str(lora_path), "bytes": lora_path.stat().st_size,
+                         "tensors": len(encoder.factors), "adapter_tensors": len(encoder.low_rank),
+                         "kept_f16": encoder.kept_f16}
+        else:
+            f16_path = partial.with_name(partial.name + ".f16") if quant != "f16" else partial
+            pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, f16_path, scales, rank_head)
+            if quant != "f16":
+                fallback = _quantize(f16_path, partial, quant)
+                f16_path.unlink()
         tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
         rank_check = _check_rank_pooling(partial, prompts) if rank_head and _has_llama_cpp() else None
         os.replace(partial, output_path)
@@ -110,6 +141,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         "smoothing_alpha": smoothing_alpha,
         "rank_head": rank_head,
         "rank_pooling_max_diff": rank_check,
+        "lora": lora_info,
         "contract": prompts.contract.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
         "source": str(model_dir),
@@ -132,12 +164,31 @@ def _architecture(config: dict, model_dir: Path) -> str:
     return GGUF_ARCHITECTURES[names[0]]
 
 
+def _adapter_low_rank(model_dir: Path) -> dict:
+    """{HF name: (B, A)} of the adapter a merged checkpoint keeps (MERGED_ADAPTER_FOLDER); empty without one."""
+    from ..adapter import adapter_factors
+
+    adapter_dir = model_dir / MERGED_ADAPTER_FOLDER
+    if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
+        return {}
+    low_rank, _ = adapter_factors(adapter_dir)
+    return low_rank
+
+
+def _gguf_arch_name(arch: str) -> str:
+    import gguf
+
+    return gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch)]
+
+
 def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, prompts: PromptBuilder,
-               path: Path, scales: dict | None = None, rank_head: bool = False) -> str:
+               path: Path, scales: dict | None = None, rank_head: bool = False, encoder=None,
+               metadata: dict[str, str] | None = None) -> str:
     """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name.
 
     scales: channel smoothing to apply on the way (`smoothing.smoothing_scales`), or None.
-    rank_head: rotate for llama.cpp's rank pooling (`rank_head.rotate_for_rank_head`)."""
+    rank_head: rotate for llama.cpp's rank pooling (`rank_head.rotate_for_rank_head`).
+    encoder: writes each tensor in its own types instead (gguf_lora.Q4LoraEncoder). metadata: more string keys."""
     import gguf
 
     contract = prompts.contract
@@ -164,7 +215,7 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, pr
     writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
     _add_rope_scaling(writer, config, model_dir)
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if encoder else gguf.LlamaFileType.MOSTLY_F16)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     vocab_size = int(config["vocab_size"])
@@ -193,6 +244,8 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, pr
     pre = _add_tokenizer(writer, gguf, model_dir, tokenizer, vocab_size, extra_tokens)
     writer.add_string(GGUF_CONTRACT_KEY, contract.to_json())
     writer.add_string(GGUF_TOKENIZER_JSON_KEY, tokenizer_text)
+    for key, value in (metadata or {}).items():
+        writer.add_string(key, value)
 
     for hf_name, tensor in tensors:
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
@@ -200,10 +253,18 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, pr
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ProrankError(f"{model_dir}: tensor {hf_name} has no GGUF name for {config['architectures'][0]}")
-        if arch == "LLAMA" and (".attn_q." in name or ".attn_k." in name):
-            tensor = rotary_interleave(tensor, n_head if ".attn_q." in name else n_head_kv)
+        def permute_rows(rows, name=name):
+            if arch == "LLAMA" and (".attn_q." in name or ".attn_k." in name):
+                return rotary_interleave(rows, n_head if ".attn_q." in name else n_head_kv)
+            return rows
+
+        tensor = permute_rows(tensor)
         if name == "token_embd.weight" and tensor.shape[0] != vocab_size:
             raise ProrankError(f"{model_dir}: embedding rows {tensor.shape[0]} differ from vocab_size {vocab_size}")
+        if encoder is not None:
+            data, raw_dtype = encoder.encode(hf_name, name, tensor, permute_rows)
+            writer.add_tensor(name, data, raw_dtype=raw_dtype)
+            continue
         dtype = np.float16 if tensor.ndim == 2 else np.float32
         writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=dtype))
 

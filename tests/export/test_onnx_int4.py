@@ -13,50 +13,22 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
-    fine_tune,
+    grid_base_and_merged,
     mixed_length_pairs,
     onnx_backend,
     requires_torch,
-    rewrite_checkpoint,
     scifact_gguf_pairs,
     torch_fp32_backend,
 )
 
 from prorank_edge.formats import MERGED_ADAPTER_FOLDER  # noqa: E402
 
-BLOCK = 32
-
-
-def on_4bit_grid(tensor: np.ndarray) -> np.ndarray:
-    """Min-max 4-bit blocks of 32 along the input dimension (GGUF Q4_1's grid, which SmolLM2's weights are on)."""
-    rows, cols = tensor.shape
-    blocks = tensor.reshape(rows, cols // BLOCK, BLOCK).astype(np.float64)
-    low, high = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
-    scale = np.where(high > low, (high - low) / 15, 1.0)
-    return (np.round((blocks - low) / scale) * scale + low).reshape(rows, cols).astype(np.float32)
-
-
-def on_8bit_grid(tensor: np.ndarray, step: float = 0.004, seed: int = 0) -> np.ndarray:
-    """Values q x step, |q| <= 127, each block of 32 holding 127: GGUF Q8_0's grid, which SmolLM2's embedding
-    is on and the int4 exporter's 8-bit embedding table stores exactly."""
-    q = np.random.default_rng(seed).integers(-127, 128, tensor.shape)
-    q[:, ::BLOCK] = 127
-    return (q * step).astype(np.float32)
-
 
 @pytest.fixture(scope="module")
 def base_and_merged(tiny_qwen2_dir, tmp_path_factory):
-    """(a base on the grids of SmolLM2's file, 4-bit matrices and an 8-bit embedding, then that base fine-tuned
-    by a rank-4 delta and merged back from its adapter)."""
-    from prorank_edge.adapter import apply_adapter, make_adapter
-
-    root = tmp_path_factory.mktemp("int4_adapter")
-    base = rewrite_checkpoint(tiny_qwen2_dir, root / "base", lambda name, t: t if t.ndim != 2 else
-                              on_8bit_grid(t) if "embed" in name else on_4bit_grid(t))
-    tuned = fine_tune(base, root / "tuned", delta_rank=4)
-    make_adapter(base, tuned, root / "adapter", rank=4)
-    merged = apply_adapter(base, root / "adapter", root / "merged")
-    return base, merged
+    """(a base on the grids of SmolLM2's file, then that base fine-tuned by a rank-4 delta, merged from its
+    adapter)."""
+    return grid_base_and_merged(tiny_qwen2_dir, tmp_path_factory.mktemp("int4_adapter"))
 
 
 def _scores(backend, pairs):
