@@ -91,8 +91,8 @@ def test_q4_lora_keeps_the_base_grid_and_the_adapter_exact(model, request, tmp_p
           f"{spearmanr(ours, reference).statistic:.4f}, q4_k_m {spearmanr(rounded, reference).statistic:.4f}")
     # random tiny models score within a fraction of one (spread above), so llama.cpp's 8-bit activations and
     # f16 head show; what matters is that the 4-bit rounding of the merged weights does not
-    assert error < rounded_error / 3 and error < 10 * np.abs(half - reference).max()
-    assert spearmanr(ours, reference).statistic > 0.95
+    assert error < rounded_error / 3 and error < 20 * np.abs(half - reference).max()
+    assert spearmanr(ours, reference).statistic > 0.93 > 0.6 > spearmanr(rounded, reference).statistic
 
 
 def _tensor_types(path) -> dict[str, str]:
