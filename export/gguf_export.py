@@ -267,14 +267,18 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, pr
             continue
         dtype = np.float16 if tensor.ndim == 2 else np.float32
         writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=dtype))
+    finish_gguf(writer)
+    return pre
 
+
+def finish_gguf(writer) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close its file (on a failure too)."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    return pre
 
 
 def rerank_template(contract: ScoringContract, separator: str | None = None) -> str:

@@ -139,9 +139,6 @@ def write_lora(path: str | Path, architecture: str, factors: dict[str, tuple[np.
                                                                  q8_0), raw_dtype=q8_0)
             else:
                 writer.add_tensor(name + suffix, np.ascontiguousarray(factor, dtype=factor_type))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    from .gguf_export import finish_gguf  # not at the top: gguf_export imports this module
+
+    finish_gguf(writer)
