@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import ProrankError
-from ..formats import DEFAULT_QUANT, GGUF_LORA_SUFFIX, GGUF_SUFFIX, QUANTS
+from ..formats import DEFAULT_QUANT, GGUF_SUFFIX, QUANTS
 
 
 def check_export_request(fmt: str, quant: str | None, output: Path, overwrite: bool,
@@ -77,7 +77,9 @@ def artifact_size(path: Path) -> int:
     """Bytes of a file (with the LoRA file beside a q4_lora GGUF), or of every file under a folder."""
     path = Path(path)
     if path.is_file():
-        lora = path.with_name(path.name.removesuffix(GGUF_SUFFIX) + GGUF_LORA_SUFFIX)
+        from .gguf_lora import lora_path_for
+
+        lora = lora_path_for(path)
         extra = lora.stat().st_size if path.suffix == GGUF_SUFFIX and lora != path and lora.is_file() else 0
         return path.stat().st_size + extra
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -26,7 +26,6 @@ from ..contract import PromptBuilder, ScoringContract
 from ..devices import usable_cores
 from ..errors import MissingExtraError, ProrankError
 from ..formats import (
-    ADAPTER_WEIGHTS_FILENAME,
     GGUF_ARCHITECTURES,
     GGUF_CONTRACT_KEY,
     GGUF_FTYPES,
@@ -35,7 +34,6 @@ from ..formats import (
     GGUF_RANK_HEAD_KEY,
     GGUF_RERANK_TEMPLATE_NAME,
     GGUF_TOKENIZER_JSON_KEY,
-    MERGED_ADAPTER_FOLDER,
     QUANTS,
     RANK_HEAD_KIND,
 )
@@ -111,7 +109,9 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         if lora_path is not None:
             # The LoRA is renamed into place first (inner block), so a complete NAME.gguf always has its LoRA.
             with staged(lora_path) as lora_partial:
-                encoder = gguf_lora.Q4LoraEncoder(_adapter_low_rank(model_dir))
+                from ..adapter import merged_adapter_factors
+
+                encoder = gguf_lora.Q4LoraEncoder(merged_adapter_factors(model_dir) or {})
                 pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, partial, rank_head=False,
                                  encoder=encoder, metadata={GGUF_LORA_KEY: lora_path.name})
                 gguf_lora.write_lora(lora_partial, _gguf_arch_name(arch), encoder.factors)
@@ -162,17 +162,6 @@ def _architecture(config: dict, model_dir: Path) -> str:
             f"{', '.join(GGUF_ARCHITECTURES)}"
         )
     return GGUF_ARCHITECTURES[names[0]]
-
-
-def _adapter_low_rank(model_dir: Path) -> dict:
-    """{HF name: (B, A)} of the adapter a merged checkpoint keeps (MERGED_ADAPTER_FOLDER); empty without one."""
-    from ..adapter import adapter_factors
-
-    adapter_dir = model_dir / MERGED_ADAPTER_FOLDER
-    if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
-        return {}
-    low_rank, _ = adapter_factors(adapter_dir)
-    return low_rank
 
 
 def _gguf_arch_name(arch: str) -> str:

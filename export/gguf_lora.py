@@ -42,18 +42,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ProrankError
-from ..formats import GGUF_LORA_SUFFIX
+from ..formats import GGUF_LORA_SUFFIX, GGUF_SUFFIX
 
 #: weights per block of Q4_0, Q4_1 and Q8_0
 BLOCK = 32
-#: bytes of a Q4_1 block (f16 d, f16 m, 16 bytes of nibbles) and of a Q4_0 block (f16 d, the same nibbles)
-_Q4_1_BYTES, _Q4_0_BYTES = 20, 18
+#: bytes of a Q4_1 block (f16 d, f16 m, 16 bytes of nibbles); a Q4_0 block is the same without m
+_Q4_1_BYTES = 20
 
 
 def lora_path_for(output_path: str | Path) -> Path:
     """NAME.gguf -> NAME.lora.gguf, beside it."""
     output_path = Path(output_path)
-    return output_path.with_name(output_path.name.removesuffix(".gguf") + GGUF_LORA_SUFFIX)
+    return output_path.with_name(output_path.name.removesuffix(GGUF_SUFFIX) + GGUF_LORA_SUFFIX)
 
 
 def q4_1_as_q4_0(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,11 +115,9 @@ class Q4LoraEncoder:
         return blocks, kind.Q4_0
 
 
-def write_lora(path: str | Path, architecture: str, factors: dict[str, tuple[np.ndarray, np.ndarray]],
-               factor_type: str = "q8_0") -> None:
+def write_lora(path: str | Path, architecture: str, factors: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """A llama.cpp LoRA adapter file: for each GGUF tensor name, `name.lora_a` = a [rank, in] and `name.lora_b` =
-    b [out, rank] (numpy shapes), so that llama.cpp adds b @ (a @ x); Q8_0 with ranks padded to a multiple of 32,
-    or `factor_type` a numpy float type (kept for measurements: float32 factors ran 25% slower for no gain)."""
+    b [out, rank] (numpy shapes), so that llama.cpp adds b @ (a @ x); Q8_0, ranks padded to a multiple of 32."""
     import gguf
     from gguf import quants
 
@@ -134,11 +132,8 @@ def write_lora(path: str | Path, architecture: str, factors: dict[str, tuple[np.
         a = np.concatenate([a, np.zeros((padded - rank, a.shape[1]), dtype=np.float32)])
         b = np.concatenate([b, np.zeros((b.shape[0], padded - rank), dtype=np.float32)], axis=1)
         for suffix, factor in ((".lora_a", a), (".lora_b", b)):
-            if factor_type == "q8_0":
-                writer.add_tensor(name + suffix, quants.quantize(np.ascontiguousarray(factor, dtype=np.float32),
-                                                                 q8_0), raw_dtype=q8_0)
-            else:
-                writer.add_tensor(name + suffix, np.ascontiguousarray(factor, dtype=factor_type))
+            writer.add_tensor(name + suffix, quants.quantize(np.ascontiguousarray(factor, dtype=np.float32), q8_0),
+                              raw_dtype=q8_0)
     from .gguf_export import finish_gguf  # not at the top: gguf_export imports this module
 
     finish_gguf(writer)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..formats import ADAPTER_WEIGHTS_FILENAME, MERGED_ADAPTER_FOLDER
 from .onnx_int8 import _constant_matmuls, weight_key
 
 #: node-name suffixes of the two fp32 nodes that carry an adapter's delta (kept out of the 4-bit quantizer)
@@ -44,13 +43,12 @@ def adapter_low_rank(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.nd
     MatMul's [in, out] weight -> (A.T, B.T), a Gather's [rows, width] table -> (B, A)."""
     from safetensors.numpy import load_file
 
-    from ..adapter import adapter_factors
+    from ..adapter import merged_adapter_factors
 
     model_dir = Path(model_dir)
-    adapter_dir = model_dir / MERGED_ADAPTER_FOLDER
-    if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
+    low_rank = merged_adapter_factors(model_dir)
+    if low_rank is None:
         return None
-    low_rank, _ = adapter_factors(adapter_dir)
     merged = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         merged.update(load_file(str(file)))

@@ -100,6 +100,16 @@ def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray
     return low_rank, full
 
 
+def merged_adapter_factors(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """{name: (B, A)} of the adapter a merged checkpoint keeps in MERGED_ADAPTER_FOLDER (apply_adapter writes it),
+    or None for a checkpoint without one: what the 4-bit exporters keep apart from the base."""
+    adapter_dir = Path(model_dir) / MERGED_ADAPTER_FOLDER
+    if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
+        return None
+    low_rank, _ = adapter_factors(adapter_dir)
+    return low_rank
+
+
 def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     """Tensor name (as in the base checkpoint) -> float32 delta: `B @ A` for 2-D weights, stored in full for
     the rest. Needs numpy and safetensors only."""
