@@ -108,6 +108,13 @@ class Stage2Config:
     gradient_accumulation_steps: int = 1
     temperature: float = 1.0
     bce_weight: float = 0.0
+    #: 0: train on the drawn negatives. N: score every drawn negative of a group with the model as it is now (no
+    #: gradient) and train on the N it ranks highest, its current false positives (set data.hard_negatives to
+    #: the pool to mine, e.g. BM25's whole top bm25_depth)
+    mine_negatives: int = 0
+    #: with mine_negatives: a step whose mined groups already have a loss below this (from the mining scores)
+    #: updates nothing and skips the forward and backward pass; 0 trains every step
+    skip_loss_below: float = 0.0
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -260,4 +267,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if config.stage1.prompts_per_step < 2 or config.stage1.prompts_per_step % 2:
         raise ConfigError(f"stage1.prompts_per_step: expected an even number (each step takes positive / negative "
                           f"couples), got {config.stage1.prompts_per_step}")
+    stage2 = config.stage2
+    if stage2.mine_negatives < 0:
+        raise ConfigError(f"stage2.mine_negatives: expected 0 (off) or a count, got {stage2.mine_negatives}")
+    if stage2.mine_negatives and stage2.mine_negatives >= config.data.hard_negatives + config.data.random_negatives:
+        raise ConfigError(f"stage2.mine_negatives: keeping {stage2.mine_negatives} of "
+                          f"{config.data.hard_negatives + config.data.random_negatives} drawn negatives chooses "
+                          "nothing; draw more (data.hard_negatives) than you keep")
+    if stage2.skip_loss_below and not stage2.mine_negatives:
+        raise ConfigError("stage2.skip_loss_below needs stage2.mine_negatives: the skip reads the mining scores")
     return config

@@ -202,3 +202,73 @@ def test_group_seed_draws_new_groups_and_keeps_the_dev_split(tmp_path):
     data = load_training_data(config.data, config.seed)
     epoch1 = [(q, [p.doc_id for p in ps]) for q, ps in _equal_size_groups(data, config, 1)]
     assert new_groups == epoch1
+
+
+# ---- mined negatives ---------------------------------------------------------------------------------
+
+@requires_torch
+def test_mining_keeps_the_negatives_the_model_ranks_highest(tiny_qwen2_dir):
+    import torch
+
+    from prorank_edge.train.common import load_model_and_tokenizer
+    from prorank_edge.train.stage2_listwise import GroupScorer, group_scores, mine_hardest
+
+    torch.manual_seed(0)
+    model, _, prompts = load_model_and_tokenizer(str(tiny_qwen2_dir), 96)
+    scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id).eval()
+    groups = [(f"what do kind {i} eat", [Passage(f"kind {i} eat seeds", 1.0, "pos")]
+               + [Passage(f"note {j}: kind {i} {'eat ' * j}weather", 0.0, f"n{j}") for j in range(6)])
+              for i in range(2)]
+    # A group with two positives keeps one negative less, so both groups stay one size.
+    groups[1][1].insert(1, Passage("kind 1 diet is grain", 2.0, "pos2"))
+    mined, mined_scores = mine_hardest(scorer, prompts, groups, keep=3, device="cpu", batch_size=4)
+    with torch.no_grad():
+        for (query, passages), (_, kept), kept_scores in zip(groups, mined, mined_scores):
+            scores = group_scores(scorer, prompts, [(query, passages)], "cpu")[0].tolist()
+            by_id = {p.doc_id: s for p, s in zip(passages, scores)}
+            negatives = sorted((p.doc_id for p in passages if p.grade == 0), key=lambda d: -by_id[d])
+            positives = [p.doc_id for p in passages if p.grade > 0]
+            assert [p.doc_id for p in kept] == positives + negatives[:5 - len(positives)]
+            np.testing.assert_allclose(kept_scores.numpy(), [by_id[p.doc_id] for p in kept], atol=1e-4)
+    assert mined_scores.shape == (2, 5)
+
+
+@requires_torch
+def test_stage2_with_mined_negatives_trains_and_skips_learned_steps(tiny_qwen2_dir, tmp_path):
+    from prorank_edge.train.stage2_listwise import train_stage2
+
+    data = write_train_jsonl(tmp_path / "train.jsonl", queries=6)
+    base = ["model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=4",
+            "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
+            "stage2.learning_rate=1e-3", "stage2.groups_per_step=2", "stage2.max_steps=2", "stage2.eval_steps=2",
+            "stage2.save_steps=2", "stage2.logging_steps=1", "stage2.mine_negatives=2"]
+    before = checkpoint_weights(Path(tiny_qwen2_dir))
+
+    def events(out):
+        return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+    trained = train_stage2(load_config(None, base), tmp_path / "mined")
+    assert weights_changed(before, checkpoint_weights(trained))
+    steps = [e for e in events(trained) if e["event"] == "train"]
+    assert all(e["mined_loss"] > 0 and "listwise" in e and e["skipped_steps"] == 0 for e in steps)
+
+    # Every step's mined loss is under an absurd threshold: nothing trains, and the learning rate still decays.
+    skipped = train_stage2(load_config(None, base + ["stage2.skip_loss_below=1e9"]), tmp_path / "skipped")
+    assert not weights_changed(before, checkpoint_weights(skipped))
+    steps = [e for e in events(skipped) if e["event"] == "train"]
+    assert [e["skipped_steps"] for e in steps] == [1, 2] and all("listwise" not in e for e in steps)
+    assert steps[-1]["lr"] < steps[0]["lr"]
+
+
+def test_mining_config_errors(tmp_path):
+    from prorank_edge.train.config import ConfigError
+
+    path = write_train_jsonl(tmp_path / "train.jsonl", queries=4)
+    base = [f"data.jsonl={path}", "data.hard_negatives=4"]
+    with pytest.raises(ConfigError, match="mine_negatives: keeping 4 of 4"):
+        load_config(None, base + ["stage2.mine_negatives=4"])
+    with pytest.raises(ConfigError, match="skip_loss_below needs stage2.mine_negatives"):
+        load_config(None, base + ["stage2.skip_loss_below=0.01"])
+    with pytest.raises(ConfigError, match="expected 0"):
+        load_config(None, base + ["stage2.mine_negatives=-1"])
+    assert load_config(None, base + ["stage2.mine_negatives=3"]).stage2.mine_negatives == 3
