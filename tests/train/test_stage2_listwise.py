@@ -127,9 +127,11 @@ def test_stage2_after_another_precision_in_the_same_process(tiny_qwen2_dir, tmp_
 
 @pytest.mark.slow
 @requires_torch
-def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(tiny_qwen2_dir, tmp_path):
+@pytest.mark.parametrize("negatives", ["drawn", "mined"])
+def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(negatives, tiny_qwen2_dir, tmp_path):
     """DDP (2 CPU processes, gloo), one group each per step, trains the model that one process does with
-    two groups per step: same groups, averaged gradients, same learning-rate schedule."""
+    two groups per step: same groups, averaged gradients, same learning-rate schedule. Mined: each process mines
+    its own group and the skip decision is gathered from both (a threshold no step reaches, so both train)."""
     import os
     import socket
     import subprocess
@@ -143,6 +145,8 @@ def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(t
             "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
             "stage2.learning_rate=1e-3", "stage2.warmup_ratio=0", "stage2.max_steps=3", "stage2.eval_steps=0",
             "stage2.save_steps=0", "stage2.logging_steps=1"]
+    if negatives == "mined":
+        base += ["stage2.mine_negatives=1", "stage2.skip_loss_below=1e-30"]
     single = train_stage2(load_config(None, base + ["stage2.groups_per_step=2"]), tmp_path / "one_process")
 
     (tmp_path / "config.yaml").write_text("seed: 0\n")  # the settings are the same `--set`s as above

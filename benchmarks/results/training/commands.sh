@@ -91,3 +91,10 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
 # files in round6/. Round 5's recipe on the round-5 default with other groups (data.group_seed 1; the dev split
 # still follows seed 0). Stopped at step 281 of 420 (dev 0.7090 at 140, 0.6968 at 280; round 5: 0.7063); not shipped.
 .venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round6.yaml
+
+# --- Round 7 (issue 19; 2026-12-05, 2 cores of an Intel Xeon, Ice Lake: AVX-512 VNNI, no bf16; fp32) ---
+# files in round7/. Negatives mined by the model: each step scores 18 unjudged documents of BM25's top 20 with the
+# current model and trains on the 7 it ranks highest (stage2.mine_negatives 7, skip_loss_below 0.01), fresh
+# rank-16 LoRA on the round-5 default, 280 steps (91 min). Dev 0.7074 / 0.6983 / 0.7098 / 0.7060 at steps
+# 70 / 140 / 210 / 280 (round 5: 0.7063); 103 steps skipped; not shipped, no test figure.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round7.yaml
