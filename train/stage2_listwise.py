@@ -251,7 +251,7 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
                 # Nothing to learn from this step's groups: the learning rate still moves on, so that the decay
                 # ends where it was planned (accelerate steps its scheduler once per process, see above).
                 with warnings.catch_warnings():  # torch warns when the first step is a skipped one: no harm here
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
                     for _ in range(world):
                         scheduler.scheduler.step()
                 micro_batches = []
