@@ -31,6 +31,7 @@ from .common import (
     load_model_and_tokenizer,
     peft_config,
     read_best,
+    score_prompts,
     set_seed,
 )
 from .config import TrainConfig
@@ -84,20 +85,15 @@ def group_scores(scorer, prompts: PromptBuilder, groups: Sequence[tuple[str, lis
     return scorer(*tensors).view(len(groups), -1)
 
 
-def mine_hardest(scorer, prompts: PromptBuilder, groups: Sequence[tuple[str, list[Passage]]], keep: int, device,
-                 batch_size: int = 16) -> tuple[list[tuple[str, list[Passage]]], torch.Tensor]:
+def mine_hardest(model, prompts: PromptBuilder, groups: Sequence[tuple[str, list[Passage]]], keep: int,
+                 batch_size: int = 16, autocast_dtype: torch.dtype | None = None
+                 ) -> tuple[list[tuple[str, list[Passage]]], torch.Tensor]:
     """Each group's positives and the negatives the model ranks highest now (its false positives), with their
-    scores [groups, group size]. No gradient: mining picks what to train on, and the training pass scores those
-    again with gradients (and dropout). Groups keep `keep` negatives, more where a group has fewer positives than
-    another, so that they all keep one size and stack into a batch."""
+    scores [groups, group size]. Scored as the dev evaluation scores (`score_prompts`: no gradient, no dropout):
+    mining picks what to train on, and the training pass scores those again with gradients. Groups keep `keep`
+    negatives, more where a group has fewer positives than another, so that they all keep one size and stack."""
     token_ids = [ids for query, passages in groups for ids in prompts.build(query, [p.text for p in passages])]
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(token_ids), batch_size):
-            ids, mask = left_pad(token_ids[start:start + batch_size])
-            tensors = [torch.from_numpy(a).to(device) for a in (ids, mask, position_ids(mask))]
-            chunks.append(scorer(*tensors).float().cpu())
-    flat = torch.cat(chunks).tolist()
+    flat = score_prompts(model, prompts, token_ids, batch_size, autocast_dtype).tolist()
     positive_counts = [sum(p.grade > 0 for p in passages) for _, passages in groups]
     size = min(keep + max(positive_counts), min(len(passages) for _, passages in groups))
     mined, mined_scores, at = [], [], 0
@@ -195,13 +191,16 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
               total_steps=total_steps, resume_step=step if resume else None)
     dev = data.dev_sample(config.data.dev_eval_queries)
 
+    # No-gradient scoring (dev evaluation, mining) autocasts as the training pass does.
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(stage.mixed_precision)
+
     def evaluate_and_keep_best() -> None:
         nonlocal best
         if not accelerator.is_main_process:
             return
         plain = accelerator.unwrap_model(scorer).model
-        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(stage.mixed_precision)
-        best = keep_if_best(plain, tokenizer, prompts, dev, out, log, step, best, stage.eval_batch_size, autocast)
+        best = keep_if_best(plain, tokenizer, prompts, dev, out, log, step, best, stage.eval_batch_size,
+                            autocast_dtype)
 
     def save_resume_state() -> None:
         accelerator.wait_for_everyone()
@@ -214,16 +213,13 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
     def mine_step(micro_batches: list) -> tuple[list, dict]:
         """The step's groups with mined negatives; skipped when every process's mined groups are learned."""
         nonlocal skipped
-        plain = accelerator.unwrap_model(scorer)
-        plain.eval()  # no dropout: the ranking as inference sees it
+        plain = accelerator.unwrap_model(scorer).model
         mined, losses = [], []
-        with accelerator.autocast():
-            for micro_batch in micro_batches:
-                groups_mined, scores = mine_hardest(plain, prompts, micro_batch, stage.mine_negatives,
-                                                    accelerator.device, stage.eval_batch_size)
-                mined.append(groups_mined)
-                losses.append(listwise_loss(scores, _grades(groups_mined), stage.temperature)[0])
-        plain.train()
+        for micro_batch in micro_batches:
+            groups_mined, scores = mine_hardest(plain, prompts, micro_batch, stage.mine_negatives,
+                                                stage.eval_batch_size, autocast_dtype)
+            mined.append(groups_mined)
+            losses.append(listwise_loss(scores, _grades(groups_mined), stage.temperature)[0])
         mined_loss = torch.stack(losses).max().reshape(1).to(accelerator.device)
         worst = float(accelerator.gather(mined_loss).max())
         parts = {"mined_loss": float(mined_loss)}

@@ -225,7 +225,7 @@ def test_mining_keeps_the_negatives_the_model_ranks_highest(tiny_qwen2_dir):
               for i in range(2)]
     # A group with two positives keeps one negative less, so both groups stay one size.
     groups[1][1].insert(1, Passage("kind 1 diet is grain", 2.0, "pos2"))
-    mined, mined_scores = mine_hardest(scorer, prompts, groups, keep=3, device="cpu", batch_size=4)
+    mined, mined_scores = mine_hardest(model, prompts, groups, keep=3, batch_size=4)
     with torch.no_grad():
         for (query, passages), (_, kept), kept_scores in zip(groups, mined, mined_scores):
             scores = group_scores(scorer, prompts, [(query, passages)], "cpu")[0].tolist()
