@@ -15,6 +15,12 @@ pytest.importorskip("yaml")
 from prorank_edge.train.config import load_config  # noqa: E402
 from prorank_edge.train.data import Passage  # noqa: E402
 
+
+def tiny_run(model_dir, data, *overrides: str) -> list[str]:
+    """`--set`s of a stage-2 run on a tiny model and training JSONL: 2 dev queries, fp32, plus `overrides`."""
+    return ["model=" + str(model_dir), f"data.jsonl={data}", "data.dev_queries=2", "max_length=96",
+            f"stage2.init_from={model_dir}", "stage2.mixed_precision=no", *overrides]
+
 # ---- the listwise loss -----------------------------------------------------------------------------
 
 @requires_torch
@@ -90,10 +96,8 @@ def test_stage2_trains_saves_and_resumes(tiny_qwen2_dir, tmp_path):
     from prorank_edge.train.stage2_listwise import train_stage2
 
     data = write_train_jsonl(tmp_path / "train.jsonl", queries=6)
-    base = ["model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=2",
-            "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
-            "stage2.learning_rate=1e-3", "stage2.groups_per_step=2", "stage2.eval_steps=2", "stage2.save_steps=2",
-            "stage2.logging_steps=1"]
+    base = tiny_run(tiny_qwen2_dir, data, "data.hard_negatives=2", "stage2.learning_rate=1e-3",
+                    "stage2.groups_per_step=2", "stage2.eval_steps=2", "stage2.save_steps=2", "stage2.logging_steps=1")
     out = tmp_path / "stage2"
     train_stage2(load_config(None, base + ["stage2.max_steps=2"]), out)
     assert weights_changed(checkpoint_weights(Path(tiny_qwen2_dir)), checkpoint_weights(out))
@@ -118,10 +122,9 @@ def test_stage2_after_another_precision_in_the_same_process(tiny_qwen2_dir, tmp_
     AcceleratorState._reset_state()  # whatever an earlier test left, then what stage 1's GRPO leaves behind
     Accelerator(mixed_precision="bf16", cpu=True)
     data = write_train_jsonl(tmp_path / "train.jsonl", queries=6)
-    out = train_stage2(load_config(None, [
-        "model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=2",
-        "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no", "stage2.max_steps=1",
-        "stage2.groups_per_step=2", "stage2.eval_steps=1", "stage2.save_steps=1"]), tmp_path / "stage2")
+    out = train_stage2(load_config(None, tiny_run(
+        tiny_qwen2_dir, data, "data.hard_negatives=2", "stage2.max_steps=1", "stage2.groups_per_step=2",
+        "stage2.eval_steps=1", "stage2.save_steps=1")), tmp_path / "stage2")
     assert (tmp_path / "stage2" / "best.json").is_file() and out is not None
 
 
@@ -141,10 +144,9 @@ def test_stage2_under_accelerate_launch_with_two_processes_matches_one_process(n
     from prorank_edge.train.stage2_listwise import train_stage2
 
     data = write_train_jsonl(tmp_path / "train.jsonl", queries=10)
-    base = ["model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=2",
-            "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
-            "stage2.learning_rate=1e-3", "stage2.warmup_ratio=0", "stage2.max_steps=3", "stage2.eval_steps=0",
-            "stage2.save_steps=0", "stage2.logging_steps=1"]
+    base = tiny_run(tiny_qwen2_dir, data, "data.hard_negatives=2", "stage2.learning_rate=1e-3",
+                    "stage2.warmup_ratio=0", "stage2.max_steps=3", "stage2.eval_steps=0", "stage2.save_steps=0",
+                    "stage2.logging_steps=1")
     if negatives == "mined":
         base += ["stage2.mine_negatives=1", "stage2.skip_loss_below=1e-30"]
     single = train_stage2(load_config(None, base + ["stage2.groups_per_step=2"]), tmp_path / "one_process")
@@ -242,10 +244,9 @@ def test_stage2_with_mined_negatives_trains_and_skips_learned_steps(tiny_qwen2_d
     from prorank_edge.train.stage2_listwise import train_stage2
 
     data = write_train_jsonl(tmp_path / "train.jsonl", queries=6)
-    base = ["model=" + str(tiny_qwen2_dir), f"data.jsonl={data}", "data.dev_queries=2", "data.hard_negatives=4",
-            "max_length=96", f"stage2.init_from={tiny_qwen2_dir}", "stage2.mixed_precision=no",
-            "stage2.learning_rate=1e-3", "stage2.groups_per_step=2", "stage2.max_steps=2", "stage2.eval_steps=2",
-            "stage2.save_steps=2", "stage2.logging_steps=1", "stage2.mine_negatives=2"]
+    base = tiny_run(tiny_qwen2_dir, data, "data.hard_negatives=4", "stage2.learning_rate=1e-3",
+                    "stage2.groups_per_step=2", "stage2.max_steps=2", "stage2.eval_steps=2", "stage2.save_steps=2",
+                    "stage2.logging_steps=1", "stage2.mine_negatives=2")
     before = checkpoint_weights(Path(tiny_qwen2_dir))
 
     def events(out):
