@@ -274,14 +274,22 @@ def position_ids(attention_mask: np.ndarray) -> np.ndarray:
     return np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None).astype(np.int64)
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None,
+                   call_cost: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so little compute goes to padding.
 
     `max_tokens` caps batch_size x longest length, which bounds activation memory on small devices.
+    `call_cost`: for a backend that pads every row to the batch's longest prompt, what one more forward call
+    costs, in tokens' worth of compute. The sorted prompts are then cut where the padding would cost more than
+    another call (the least padded tokens + call_cost x calls over every cut into runs of at most batch_size).
+    None fills every batch: llama.cpp does not pad, and a GPU runs the padding in parallel.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if call_cost is not None:
+        return [order[start:end] for start, end in _least_padded_runs([lengths[i] for i in order], batch_size,
+                                                                         max_tokens, call_cost)]
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
@@ -295,6 +303,31 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     if current:
         batches.append(current)
     return batches
+
+
+def _least_padded_runs(descending: Sequence[int], batch_size: int, max_tokens: int | None,
+                       call_cost: int) -> list[tuple[int, int]]:
+    """(start, end) runs of lengths sorted longest first that minimise sum(run size x its first length) +
+    call_cost x runs; a run holds at most batch_size and at most max_tokens // its first length (at least 1).
+    Dynamic programming from the end, O(n x batch_size); ties go to the larger run (fewer calls)."""
+    n = len(descending)
+    best = [0] * (n + 1)
+    end_of = [n] * (n + 1)
+    for start in range(n - 1, -1, -1):
+        longest = descending[start]
+        room = min(batch_size, n - start)
+        if max_tokens is not None and longest > 0:
+            room = max(1, min(room, max_tokens // longest))
+        best[start] = -1
+        for size in range(room, 0, -1):
+            cost = size * longest + call_cost + best[start + size]
+            if best[start] < 0 or cost < best[start]:
+                best[start], end_of[start] = cost, start + size
+    runs, start = [], 0
+    while start < n:
+        runs.append((start, end_of[start]))
+        start = end_of[start]
+    return runs
 
 
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -314,11 +347,12 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 
 def prefix_batches(token_ids: Sequence[Sequence[int]], groups: Sequence | None, batch_size: int,
-                   max_tokens: int | None = None) -> list[tuple[int, list[int]]]:
+                   max_tokens: int | None = None, call_cost: int | None = None) -> list[tuple[int, list[int]]]:
     """(shared prefix length, indices) batches: prompts of one group (one query) only, similar lengths together.
 
     The prefix is common to the whole group, so a backend that keeps the last prefix's keys/values computes it
     once per query however many batches its candidates fill. `groups` is a key per prompt (None: one group).
+    `call_cost` as in `length_batches` (the padding of suffixes is that of their whole prompts).
     """
     members: dict = {}
     for index, key in enumerate(groups if groups is not None else [None] * len(token_ids)):
@@ -327,15 +361,16 @@ def prefix_batches(token_ids: Sequence[Sequence[int]], groups: Sequence | None, 
     for indices in members.values():
         # One candidate shares nothing with anyone: a prefix pass would only add a call.
         prefix = shared_prefix_length([token_ids[i] for i in indices]) if len(indices) > 1 else 0
-        for batch in length_batches([len(token_ids[i]) for i in indices], batch_size, max_tokens):
+        for batch in length_batches([len(token_ids[i]) for i in indices], batch_size, max_tokens, call_cost):
             out.append((prefix, [indices[k] for k in batch]))
     return out
 
 
 def plan_batches(token_ids: Sequence[Sequence[int]], groups: Sequence | None, batch_size: int,
-                 max_tokens: int | None, share_prefix: bool) -> list[tuple[int, list[int]]]:
+                 max_tokens: int | None, share_prefix: bool, call_cost: int | None = None
+                 ) -> list[tuple[int, list[int]]]:
     """What to score together: `prefix_batches` with the prefix cache, else length batches over all prompts
-    (any groups mixed) with no prefix (0)."""
+    (any groups mixed) with no prefix (0). `call_cost` as in `length_batches`."""
     if share_prefix:
-        return prefix_batches(token_ids, groups, batch_size, max_tokens)
-    return [(0, batch) for batch in length_batches([len(t) for t in token_ids], batch_size, max_tokens)]
+        return prefix_batches(token_ids, groups, batch_size, max_tokens, call_cost)
+    return [(0, batch) for batch in length_batches([len(t) for t in token_ids], batch_size, max_tokens, call_cost)]

@@ -108,7 +108,7 @@ class Reranker:
         scores = np.empty(len(token_ids), dtype=np.float32)
         backend = self.backend
         batches = plan_batches(token_ids, groups, batch_size or self.batch_size, backend.max_batch_tokens,
-                               self.prefix_cache and backend.reuses_prefix)
+                               self.prefix_cache and backend.reuses_prefix, backend.padding_call_cost)
         with _progress(len(token_ids), show_progress_bar, "scoring") as bar:
             for prefix, batch in batches:
                 scores[batch] = score_sharing(backend.score_batch, backend.score_with_prefix,

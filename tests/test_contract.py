@@ -125,3 +125,49 @@ def test_length_batches_cover_every_index_once():
     assert [lengths[i] for i in batches[0]] == [100, 100, 50]  # longest first
     capped = length_batches(lengths, batch_size=8, max_tokens=200)
     assert all(len(b) * max(lengths[i] for i in b) <= 200 for b in capped)
+
+
+def _padded_cost(batches, lengths, call_cost):
+    return sum(len(b) * max(lengths[i] for i in b) + call_cost for b in batches)
+
+
+def test_length_batches_with_a_call_cost_cut_where_padding_costs_more():
+    lengths = [200] * 4 + [100] * 4
+    # one batch pads four prompts by 100 tokens (400) > one more call (64): two batches, longest first
+    assert [[lengths[i] for i in b] for b in length_batches(lengths, 8, call_cost=64)] == [[200] * 4, [100] * 4]
+    # a call dearer than the padding: one batch, as without a call cost
+    assert length_batches(lengths, 8, call_cost=1000) == length_batches(lengths, 8)
+    # equal lengths never split below batch_size
+    assert [len(b) for b in length_batches([50] * 10, 4, call_cost=0)] == [4, 4, 2]
+
+
+def test_length_batches_call_cost_plan_is_the_least_padded_cut():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 9))]
+        batch_size, call_cost = rng.randint(1, 5), rng.choice([0, 16, 64, 256])
+        max_tokens = rng.choice([None, 600])
+        plan = length_batches(lengths, batch_size, max_tokens, call_cost)
+        assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+        assert all(len(b) <= batch_size for b in plan)
+        assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= max_tokens for b in plan if max_tokens)
+        # brute force over every cut of the longest-first order into allowed runs
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        best = None
+        for cuts in itertools.product([False, True], repeat=len(order) - 1):
+            runs, run = [], [order[0]]
+            for index, cut in zip(order[1:], cuts):
+                if cut:
+                    runs.append(run)
+                    run = []
+                run.append(index)
+            runs.append(run)
+            if any(len(r) > batch_size or (max_tokens and len(r) > 1 and len(r) * lengths[r[0]] > max_tokens)
+                   for r in runs):
+                continue
+            cost = _padded_cost(runs, lengths, call_cost)
+            best = cost if best is None else min(best, cost)
+        assert _padded_cost(plan, lengths, call_cost) == best

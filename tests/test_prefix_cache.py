@@ -90,3 +90,18 @@ def test_prefix_cache_off_scores_whole_prompts(recorder):
     results = reranker.rank("what causes flu", ["a", "bb", "ccc"])
     assert recorder.prefixes == [] and recorder.whole_batches == 1
     assert reranker.describe()["prefix_cache"] is False and len(results) == 3
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_reranker_cuts_padded_batches_by_the_backends_call_cost(recorder, prefix_cache):
+    documents = ["word " * 60] * 3 + ["word"] * 3  # 3 long and 3 short prompts of one query
+    reranker = Reranker.from_backend(recorder, batch_size=8, prefix_cache=prefix_cache)
+    calls = lambda: len(recorder.prefixes) + recorder.whole_batches  # noqa: E731
+    reranker.rank("what causes flu", documents)
+    assert calls() == 1  # no call cost (a backend that does not pad): one full batch
+    recorder.padding_call_cost = 16  # padding 3 prompts by ~60 tokens costs more than a call
+    reranker.rank("what causes flu", documents)
+    assert calls() == 3
+    recorder.padding_call_cost = 10_000
+    reranker.rank("what causes flu", documents)
+    assert calls() == 4

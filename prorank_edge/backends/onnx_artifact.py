@@ -23,7 +23,7 @@ from ..formats import (
     ONNX_SUFFIX_MODEL_FILENAME,
     TOKENIZER_FILENAME,
 )
-from .base import ScoringBackend
+from .base import CPU_CALL_COST_TOKENS, ScoringBackend
 
 
 @dataclass
@@ -137,6 +137,8 @@ def _read_export_info(path: Path) -> dict:
 class ArtifactBackend(ScoringBackend):
     """What every engine of an ONNX artifact shares: batching, the prefix reuse protocol and token counts; an
     engine supplies how it runs the three graphs."""
+
+    padding_call_cost = CPU_CALL_COST_TOKENS  # rows are padded to the batch's longest; an engine on a GPU unsets it
 
     def __init__(self, artifact: OnnxArtifact, max_length: int | None):
         super().__init__(artifact.tokenizer, artifact.contract, max_length)

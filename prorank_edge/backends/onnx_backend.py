@@ -82,6 +82,8 @@ class OnnxBackend(ArtifactBackend):
         on_gpu = self.session.get_providers()[0] == CUDA
         # Eager attention keeps [batch, heads, seq, seq] fp32 scores per layer; bound them on the CPU.
         self.max_batch_tokens = 1 << 17 if on_gpu else 1 << 14
+        if on_gpu:
+            self.padding_call_cost = None
 
     def run_model(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (scores,) = self.session.run([ONNX_OUTPUT_NAME], dict(zip(ONNX_INPUT_NAMES, (ids, mask))))

@@ -16,7 +16,7 @@ import torch
 from ..contract import ScoringContract, left_pad, position_ids, right_pad
 from ..devices import cpu_has_native_bf16, parse_device
 from ..errors import ContractError, ProrankError
-from .base import ScoringBackend
+from .base import CPU_CALL_COST_TOKENS, ScoringBackend
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -124,6 +124,7 @@ def model_body(model):
 class TorchBackend(ScoringBackend):
     name = "torch"
     reuses_prefix = True
+    padding_call_cost = CPU_CALL_COST_TOKENS  # rows are padded to the batch's longest; unset on a GPU
 
     def __init__(self, model_path: str | Path, contract: ScoringContract | None = None, max_length: int | None = None,
                  device: str = "auto", dtype: str = "auto", threads: int | None = None, model=None, tokenizer=None):
@@ -150,6 +151,8 @@ class TorchBackend(ScoringBackend):
         self.head_offset = self.head_offset.to(self.device)
         # Bound activation memory on the CPU; a GPU takes bigger batches.
         self.max_batch_tokens = 1 << 18 if self.device.type == "cuda" else 1 << 15
+        if self.device.type == "cuda":
+            self.padding_call_cost = None
         # The last prefix's keys/values: a query's candidates fill several batches, its prefix runs once.
         self._prefix: tuple[tuple[int, ...], tuple] | None = None
 

@@ -245,7 +245,8 @@ def create_app(reranker, settings: ServeSettings, metrics: ServerMetrics | None 
     max_tokens = settings.max_batch_tokens if settings.max_batch_tokens is not None else backend.max_batch_tokens
     reuse = reranker.prefix_cache and backend.reuses_prefix
     batcher = DynamicBatcher(backend.score_batch, reranker.batch_size, max_tokens, settings.max_wait_ms / 1000.0,
-                             settings.max_queue, metrics, backend.score_with_prefix if reuse else None)
+                             settings.max_queue, metrics, backend.score_with_prefix if reuse else None,
+                             backend.padding_call_cost)
     contract = reranker.contract
     prompts = reranker.prompts
     info = reranker.describe()

@@ -79,12 +79,13 @@ class DynamicBatcher:
     score_with_prefix: a backend's `score_with_prefix`, or None. Given, a request of PREFIX_MIN_DOCUMENTS or more
         has batches of its own and its shared prefix (system prompt, instruction, query) is computed once; smaller
         requests share batches, and the prefix common to all of them.
+    call_cost: the backend's `padding_call_cost` (see `length_batches`), or None.
     """
 
     def __init__(self, score_batch: Callable[[list[Sequence[int]]], np.ndarray], batch_size: int,
                  max_batch_tokens: int | None = None, max_wait_s: float = 0.005, max_queue: int = 256,
                  metrics=None, score_with_prefix: Callable[[Sequence[int], list[Sequence[int]]], np.ndarray] | None
-                 = None):
+                 = None, call_cost: int | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if max_queue < 1:
@@ -93,6 +94,7 @@ class DynamicBatcher:
         self._score_with_prefix = score_with_prefix
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.call_cost = call_cost
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.max_queue = max_queue
         self.metrics = metrics
@@ -224,7 +226,7 @@ class DynamicBatcher:
         # can share: those merge as before, under the prefix all of them share (the system prompt).
         keys = [id(job) if len(job.token_ids) >= PREFIX_MIN_DOCUMENTS else None for job, _ in items]
         batches = plan_batches(prompts, keys, self.batch_size, self.max_batch_tokens,
-                               self._score_with_prefix is not None)
+                               self._score_with_prefix is not None, self.call_cost)
         for prefix, batch in batches:
             with self._cond:
                 # A request cancelled while earlier batches ran loses its remaining items here, before scoring.

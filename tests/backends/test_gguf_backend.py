@@ -141,6 +141,7 @@ def test_reranker_picks_the_gguf_backend(wide_qwen2_dir, gguf_cache, tmp_path):
     for source in (path, folder):
         with Reranker(str(source), threads=2) as reranker:
             assert reranker.backend.name == "gguf"
+            assert reranker.backend.padding_call_cost is None  # llama.cpp does not pad: batches stay full
             ranked = reranker.rank("what does interleukin 6 do?", documents, top_k=4, return_documents=True)
             scores = reranker.predict([("what does interleukin 6 do?", d) for d in documents])
         assert len(ranked) == 4

@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from conftest import ONNX_PARITY_ATOL, mixed_length_pairs, onnx_backend, torch_fp32_backend  # noqa: E402
 
+from prorank_edge.backends.base import CPU_CALL_COST_TOKENS  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
 
 # ---- bad input -------------------------------------------------------------------------------------------
@@ -41,6 +42,7 @@ def test_device_and_provider_choice(tiny_qwen2_onnx):
     assert backend.describe() == {"backend": "onnx", "providers": ["CPUExecutionProvider"], "threads": 1,
                                   "quant": "fp32", "model": str(tiny_qwen2_onnx / "model.onnx"),
                                   "prefix_graphs": True}
+    assert backend.padding_call_cost == CPU_CALL_COST_TOKENS  # rows are padded: batches cut by padding cost
     with pytest.raises(ProrankError, match="unknown device"):
         onnx_backend(tiny_qwen2_onnx, device="tpu")
     with pytest.raises(ProrankError, match="not available"):

@@ -64,6 +64,19 @@ def test_batch_size_does_not_change_scores(tiny_qwen2_dir):
     assert np.abs(one - many).max() < 1e-4
 
 
+def test_cpu_batches_cut_by_padding_cost_score_as_full_batches(tiny_qwen2_dir):
+    from prorank_edge import Reranker
+    from prorank_edge.backends.base import CPU_CALL_COST_TOKENS
+
+    reranker = Reranker(str(tiny_qwen2_dir), device="cpu", dtype="float32")
+    assert reranker.backend.padding_call_cost == CPU_CALL_COST_TOKENS
+    pairs = [(QUERY, d * 20) for d in DOCS[:3]] + [(QUERY, d) for d in DOCS[3:]]  # long and short prompts
+    planned = reranker.predict(pairs, batch_size=8)
+    reranker.backend.padding_call_cost = None
+    full = reranker.predict(pairs, batch_size=8)
+    assert np.abs(planned - full).max() < 1e-4
+
+
 def test_rank_options(tiny_qwen2_dir):
     from prorank_edge import Reranker
     from prorank_edge.errors import InputError

@@ -86,6 +86,14 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_scores():
     assert any(len({t[0] // 1000 for t in batch}) > 1 for batch in backend.batches), "no batch mixed requests"
 
 
+def test_a_call_cost_cuts_a_padded_batch_where_padding_costs_more():
+    backend = FakeBackend()
+    batcher = DynamicBatcher(backend.score_batch, batch_size=8, max_wait_s=0.05, call_cost=16)
+    batcher.start()
+    score_all(batcher, [[[1000 + i] + [7] * 60 for i in range(3)] + [[1003 + i] for i in range(3)]])
+    assert sorted(len(batch) for batch in backend.batches) == [3, 3]  # long and short apart, not one padded batch
+
+
 def test_with_prefix_reuse_a_batch_holds_one_request_and_its_prefix_goes_apart():
     """Each request's prompts share a prefix; the batcher hands it over once per batch, never mixing requests."""
     rng = random.Random(1)

@@ -66,6 +66,7 @@ def gated(method):
     return wait_then_score
 TorchBackend.score_batch = gated(TorchBackend.score_batch)
 TorchBackend.score_with_prefix = gated(TorchBackend.score_with_prefix)
+TorchBackend.padding_call_cost = None  # full batches: these tests count merges (padding cuts: test_batcher)
 from prorank_edge.cli import main
 sys.exit(main(sys.argv[3:], prog_name="prorank-edge"))
 """
