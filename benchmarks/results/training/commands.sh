@@ -86,6 +86,8 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
 # with round 4's default (before the cp above; --threads 1 beside the adapter build, so its timing is not a figure):
 .venv/bin/prorank-edge eval --data data/cranfield --split test --top-k 20 --output json --quiet  # -> round5/cranfield_round4_default.json
 .venv/bin/prorank-edge eval --data data/cranfield --split test --top-k 20 --max-queries 100 --output json --quiet  # -> round5/cranfield_round5_default_100q.json
+# all 225 queries with the round-5 default (2026-12-05, Ice Lake, fp32, nothing else running):
+.venv/bin/prorank-edge eval --data data/cranfield --split test --top-k 20 --output json --quiet  # -> round5/cranfield_round5_default_225q_icelake_fp32.json
 
 # --- Round 6 (issue 19; 2026-12-05, 2 cores of an Intel Xeon, Ice Lake: AVX-512 VNNI, no bf16; fp32) ---
 # files in round6/. Round 5's recipe on the round-5 default with other groups (data.group_seed 1; the dev split
