@@ -318,11 +318,10 @@ def _least_padded_runs(descending: Sequence[int], batch_size: int, max_tokens: i
         room = min(batch_size, n - start)
         if max_tokens is not None and longest > 0:
             room = max(1, min(room, max_tokens // longest))
-        best[start] = -1
-        for size in range(room, 0, -1):
-            cost = size * longest + call_cost + best[start + size]
-            if best[start] < 0 or cost < best[start]:
-                best[start], end_of[start] = cost, start + size
+        # min() keeps the first of equal costs, and sizes are tried largest first
+        size = min(range(room, 0, -1), key=lambda k: k * longest + best[start + k])
+        best[start] = size * longest + call_cost + best[start + size]
+        end_of[start] = start + size
     runs, start = [], 0
     while start < n:
         runs.append((start, end_of[start]))
