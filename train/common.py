@@ -78,6 +78,46 @@ def peft_config(config: LoraConfig):
                           target_modules=list(config.target_modules), task_type="CAUSAL_LM")
 
 
+def lora_from_merged_adapter(model, model_dir: str | Path, config: LoraConfig):
+    """A PEFT model whose LoRA is, at the start, the adapter merged into `model` (read from model_dir's
+    MERGED_ADAPTER_FOLDER), so it scores exactly as `model` did and training moves that adapter's own factors.
+
+    Each targeted weight gets `B @ A` taken back out and the LoRA set to (B, A), balanced so both hold
+    sqrt(singular value) of each direction (the stored factors put all of it in B, which makes Adam move A's
+    unit rows far faster than B). Deltas LoRA does not target (the tied embedding, norms) stay merged, frozen.
+    """
+    from peft import get_peft_model
+
+    from ..adapter import merged_adapter_factors
+
+    factors = merged_adapter_factors(model_dir)
+    if factors is None:
+        raise ProrankError(f"{model_dir}: lora.from_adapter needs a checkpoint merged from an adapter (such as "
+                           "'default'), and this one keeps none")
+    targeted = {}
+    for name, (b, a) in factors.items():
+        module_name = name.removesuffix(".weight")
+        if module_name.rsplit(".", 1)[-1] not in config.target_modules:
+            continue
+        if b.shape[1] != config.r:
+            raise ProrankError(f"{model_dir}: its adapter has rank {b.shape[1]} ({name}), lora.r is {config.r}; "
+                               "set lora.r to the adapter's rank")
+        targeted[module_name] = (torch.from_numpy(b), torch.from_numpy(a))
+    with torch.no_grad():
+        for module_name, (b, a) in targeted.items():
+            weight = model.get_submodule(module_name).weight
+            weight.sub_((b @ a).to(weight.dtype))
+    model = get_peft_model(model, peft_config(config))
+    scaling = config.alpha / config.r
+    with torch.no_grad():
+        for module_name, (b, a) in targeted.items():
+            module = model.base_model.model.get_submodule(module_name)
+            root = b.norm(dim=0).clamp_min(1e-12).sqrt()  # |B[:, i]| is the i-th singular value
+            module.lora_B["default"].weight.copy_(b / root / scaling)
+            module.lora_A["default"].weight.copy_(a * root[:, None])
+    return model
+
+
 def merged_copy(model):
     """A plain transformers model: LoRA folded into the weights (of a copy, so training can go on)."""
     try:

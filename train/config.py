@@ -51,6 +51,10 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
+    #: stage 2: the LoRA starts as the starting checkpoint's own adapter (the low-rank factors a merged adapter
+    #: checkpoint such as "default" keeps) instead of fresh, so that its rank-r delta goes on training and the
+    #: result ships as a rank-r adapter again, exactly, instead of one of rank (adapter's + r)
+    from_adapter: bool = False
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 

@@ -29,8 +29,10 @@ from .common import (
     check_process_count,
     keep_if_best,
     load_model_and_tokenizer,
+    lora_from_merged_adapter,
     peft_config,
     read_best,
+    resolve_model_dir,
     score_prompts,
     set_seed,
 )
@@ -157,7 +159,9 @@ def train_stage2(config: TrainConfig, output_dir: str | Path | None = None, resu
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     lora = config.lora_for("stage2")
-    if lora.enabled:
+    if lora.enabled and lora.from_adapter:
+        model = lora_from_merged_adapter(model, resolve_model_dir(init), lora)
+    elif lora.enabled:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config(lora))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import checkpoint_weights, requires_torch, weights_changed
+from conftest import checkpoint_weights, fine_tune, requires_torch, weights_changed
 
 pytest.importorskip("yaml")
 
@@ -82,3 +82,51 @@ def test_keep_if_best_saves_only_a_better_dev_score_and_always_without_dev(monke
     assert saved == ["model@10", "model@30", "model@40"]
     assert best is None and common.read_best(tmp_path) == {"step": 40}
     assert [fields["ndcg_at_10"] for _, fields in logged] == [0.40, 0.35, 0.50, None]
+
+
+@requires_torch
+def test_lora_from_adapter_starts_as_the_model_and_saves_at_the_adapters_rank(tiny_qwen2_dir, tmp_path):
+    """`lora.from_adapter`: the LoRA begins as the merged adapter itself (same scores), and after training the
+    delta from the base is still of the adapter's rank, so `make_adapter` at that rank keeps it exactly; a fresh
+    LoRA on top would need twice the rank."""
+    import torch
+
+    from prorank_edge.adapter import apply_adapter, make_adapter
+    from prorank_edge.errors import ProrankError
+    from prorank_edge.train.common import (
+        load_model_and_tokenizer,
+        lora_from_merged_adapter,
+        merged_copy,
+        save_checkpoint,
+        score_prompts,
+    )
+    from prorank_edge.train.config import LoraConfig
+    from prorank_edge.train.stage2_listwise import GroupScorer, _grades, group_scores, listwise_loss
+
+    trained = fine_tune(tiny_qwen2_dir, tmp_path / "trained", delta_rank=4)
+    make_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", rank=4)
+    merged = apply_adapter(tiny_qwen2_dir, tmp_path / "adapter", tmp_path / "merged")
+    model, tokenizer, prompts = load_model_and_tokenizer(str(merged), 96)
+    ids = prompts.build("what do cats eat", ["cats eat fish", "it rained all day"])
+    before = score_prompts(model, prompts, ids)
+
+    with pytest.raises(ProrankError, match="rank 4"):
+        lora_from_merged_adapter(model, merged, LoraConfig(enabled=True, r=8, alpha=16, dropout=0.0))
+    with pytest.raises(ProrankError, match="keeps none"):
+        lora_from_merged_adapter(model, tiny_qwen2_dir, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    model = lora_from_merged_adapter(model, merged, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    np.testing.assert_allclose(score_prompts(model, prompts, ids), before, rtol=1e-4, atol=1e-4)
+
+    groups = [("what do cats eat", [Passage("cats eat fish", 1.0), Passage("it rained", 0.0)])]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    scorer = GroupScorer(model, prompts.positive_token_id, prompts.negative_token_id)
+    for _ in range(2):
+        listwise_loss(group_scores(scorer, prompts, groups, "cpu"), _grades(groups))[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = score_prompts(merged_copy(model), prompts, ids)
+    assert np.abs(after - before).max() > 1e-2, "training did not move the adapter"
+    out = save_checkpoint(model, tokenizer, prompts.contract, tmp_path / "continued")
+    info = make_adapter(tiny_qwen2_dir, out, tmp_path / "continued_adapter", rank=4)
+    projections = {name: error for name, error in info["relative_error"].items() if "proj" in name}
+    assert projections and max(projections.values()) < 1e-3, projections
