@@ -171,6 +171,10 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
     from trl import GRPOConfig
 
     stage = config.stage1
+    lora = config.lora_for("stage1")
+    if lora.enabled and lora.from_adapter:
+        raise ProrankError("lora.from_adapter goes on training a shipped adapter, in stage 2 only: stage 1 "
+                           "trains a fresh LoRA (put from_adapter under stage2.lora)")
     out = Path(output_dir or stage.output_dir)
     set_seed(config.seed)
     model, tokenizer, prompts = load_model_and_tokenizer(config.model, config.max_length, torch.float32)
@@ -231,10 +235,6 @@ def train_stage1(config: TrainConfig, output_dir: str | Path | None = None, resu
         shuffle_dataset=False,
     )
     check_process_count(grpo_args.world_size)  # before the warm-up spends any time
-    lora = config.lora_for("stage1")
-    if lora.enabled and lora.from_adapter:
-        raise ProrankError("lora.from_adapter goes on training a shipped adapter, in stage 2 only: stage 1 "
-                           "trains a fresh LoRA (put from_adapter under stage2.lora)")
     log = JsonlLog(out, enabled=launched_as_rank_0())
     if stage.end_of_turn_warmup_steps and not resume:
         # Before GRPO wraps the model (and before LoRA), so a merged LoRA result carries it too.

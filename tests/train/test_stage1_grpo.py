@@ -163,3 +163,14 @@ def test_warmup_that_supervises_the_label_makes_both_labels_likely_and_evenly_so
     assert mass_after > max(0.2, 1000 * mass_before)
     # Balanced labels: the warm-up sets the prior near even, it does not pick one label for every prompt.
     assert 0.25 < share_of_one < 0.75
+
+
+def test_stage1_refuses_a_lora_that_continues_an_adapter(tmp_path):
+    """`lora.from_adapter` continues a shipped adapter in stage 2; stage 1 says so before loading anything."""
+    from prorank_edge.errors import ProrankError
+    from prorank_edge.train.stage1_grpo import train_stage1
+
+    config = load_config(None, ["model=" + str(tmp_path / "nowhere"), f"data.jsonl={tmp_path / 't.jsonl'}",
+                                "lora.enabled=true", "lora.from_adapter=true"])
+    with pytest.raises(ProrankError, match="stage 2 only"):
+        train_stage1(config, tmp_path / "stage1")
