@@ -195,7 +195,8 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 # gguf r3: channel smoothing before quantization (export/smoothing.py).
 # onnx r2: prefix.onnx and suffix.onnx beside model.onnx (prefix reuse).
 # onnx r3: int4 of a merged checkpoint keeps its adapter's delta beside the 4-bit base (export/onnx_int4.py).
-EXPORT_REVISIONS = {"onnx": 3, "gguf": 3}
+# onnx r4: w8a8 rounds each matmul input with one QuantizeLinear per row (export/onnx_int8.py).
+EXPORT_REVISIONS = {"onnx": 4, "gguf": 3}
 
 
 def exported_as(variant: Variant) -> Variant:
