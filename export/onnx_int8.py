@@ -142,10 +142,11 @@ def quantize_int8(model, factors: dict[str, dict]):
         return name
 
     constant("int8/levels", np.array(ACTIVATION_LEVELS, np.float32))
-    constant("int8/offset", np.array(ACTIVATION_ZERO_POINT, np.float32))
     constant("int8/zero_point", np.array(ACTIVATION_ZERO_POINT, np.uint8))
     constant("int8/tiny", np.array(1e-30, np.float32))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # no per-axis QuantizeLinear: Round, then the zero point added as a float
+        constant("int8/offset", np.array(ACTIVATION_ZERO_POINT, np.float32))
     if opset >= 18:
         constant("int8/last_axis", np.array([-1], np.int64))
     constant("int8/flat", np.array([-1], np.int64))
