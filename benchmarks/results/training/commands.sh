@@ -100,3 +100,9 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
 # rank-16 LoRA on the round-5 default, 280 steps (91 min). Dev 0.7074 / 0.6983 / 0.7098 / 0.7060 at steps
 # 70 / 140 / 210 / 280 (round 5: 0.7063); 103 steps skipped; not shipped, no test figure.
 .venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round7.yaml
+
+# --- Round 8 (issue 19; 2026-12-05, 2 cores of an Intel Xeon, Ice Lake: AVX-512 VNNI, no bf16; fp32) ---
+# files in round8/. The round-5 default's own rank-48 adapter trained on (lora.from_adapter), round 7's mined
+# negatives, lr 2e-4, 240 steps planned. Dev 0.6745 / 0.6834 / 0.6818 at steps 60 / 120 / 180 (round 5: 0.7063);
+# stopped at step 200 (56 min); not shipped, no test figure.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round8.yaml
