@@ -19,18 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.gguf_seq_sweep import cpu_flags  # noqa: E402
 from benchmarks.prefix_cache import LOCAL_SCIFACT, build_workloads  # noqa: E402
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def main() -> None:
-    import platform
-
+    from prorank_edge.benchmarks.harness import machine_info
+    from prorank_edge.export.parity import spearman
     from prorank_edge.reranker import Reranker
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,7 +52,7 @@ def main() -> None:
             scores[side] = [np.asarray([r["score"] for r in sorted(res, key=lambda r: r["corpus_id"])])
                             for res in results]
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "flags": cpu_flags(), "threads": args.threads},
+        "machine": {**machine_info(), "threads": args.threads},
         "a": args.a, "b": args.b, "queries": args.queries, "top_k": args.top_k, "documents": docs,
         "docs_per_s": {side: docs / min(t) for side, t in times.items()}, "times_s": times,
         "speedup_b_over_a_best": min(times["a"]) / min(times["b"]),

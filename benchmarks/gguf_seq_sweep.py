@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,18 +27,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.prefix_cache import LOCAL_SCIFACT, build_workloads  # noqa: E402
 
 
-def cpu_flags() -> list[str]:
-    wanted = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni"}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(wanted & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
-
-
 def main() -> None:
+    from prorank_edge.benchmarks.harness import machine_info
     from prorank_edge.reranker import Reranker
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,8 +69,7 @@ def main() -> None:
                   f"max |diff| vs {base}: {row['max_abs_diff']:.2g}", flush=True)
         for reranker in rerankers.values():
             reranker.close()
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "flags": cpu_flags(),
-                          "threads": args.threads},
+    report = {"machine": {**machine_info(), "threads": args.threads},
               "workload": {"queries": args.queries, "top_k": args.top_k, "documents": docs, "repeats": args.repeats},
               "rows": rows}
     if args.output:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.gguf_seq_sweep import cpu_flags  # noqa: E402
 
 
 def graphs(batch: int, heads: int, tokens: int, head_size: int):
@@ -59,6 +57,8 @@ def graphs(batch: int, heads: int, tokens: int, head_size: int):
 
 def main() -> None:
     import onnxruntime as ort
+
+    from prorank_edge.benchmarks.harness import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -96,8 +96,7 @@ def main() -> None:
     print(f"max |difference| on unpadded rows: {diff:.2g}; eager / fused: "
           f"{best['eager ops'] / best['MultiHeadAttention']:.2f}x")
     if args.output:
-        report = {"machine": {"cpu": platform.processor() or platform.machine(), "flags": cpu_flags(),
-                              "threads": args.threads, "onnxruntime": ort.__version__},
+        report = {"machine": {**machine_info(), "threads": args.threads, "onnxruntime": ort.__version__},
                   "shape": {"batch": args.batch, "heads": args.heads, "tokens": args.tokens,
                             "head_size": args.head_size},
                   "best_ms": best, "times_s": times, "max_abs_difference": diff}
