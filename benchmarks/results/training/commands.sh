@@ -106,3 +106,6 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
 # negatives, lr 2e-4, 240 steps planned. Dev 0.6745 / 0.6834 / 0.6818 at steps 60 / 120 / 180 (round 5: 0.7063);
 # stopped at step 200 (56 min); not shipped, no test figure.
 .venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round8.yaml
+# Round 8b: the same at lr 5e-5 (group_seed 4, 180 steps planned). Dev 0.7086 / 0.7073 at steps 60 / 120; stopped at
+# 120 (the session's end, part of it beside the test suite; SIGSTOP while the suite finished); files in round8b/.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round8b.yaml
