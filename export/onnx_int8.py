@@ -145,11 +145,12 @@ def quantize_int8(model, factors: dict[str, dict]):
     constant("int8/zero_point", np.array(ACTIVATION_ZERO_POINT, np.uint8))
     constant("int8/tiny", np.array(1e-30, np.float32))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:  # no per-axis QuantizeLinear: Round, then the zero point added as a float
+    if opset >= 13:  # per-axis QuantizeLinear reads one scale per row, flattened
+        constant("int8/flat", np.array([-1], np.int64))
+    else:  # no per-axis QuantizeLinear: Round, then the zero point added as a float
         constant("int8/offset", np.array(ACTIVATION_ZERO_POINT, np.float32))
     if opset >= 18:
         constant("int8/last_axis", np.array([-1], np.int64))
-    constant("int8/flat", np.array([-1], np.int64))
 
     def reduce_max(source, target):  # the axes became an input in opset 18
         if opset >= 18:
