@@ -128,11 +128,12 @@ def channel_factors(stats: dict, alpha: float = INT8_SMOOTHING_ALPHA, outlier_ra
 
 def quantize_int8(model, factors: dict[str, dict]):
     """The model (an onnx ModelProto, changed in place and returned) with every constant-weight MatMul on
-    integer compute. `factors`: from channel_factors, for every weight of the graph (see weight_key)."""
+    integer compute. `factors`: from channel_factors, for every weight of the graph (see weight_key); a
+    weight's "activation_passes" (default 1) of 0 keeps its MatMul in fp32, 2 rounds its input twice."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
-    found = _constant_matmuls(model)
+    found = [m for m in _constant_matmuls(model) if factors[weight_key(m[2])].get("activation_passes", 1) != 0]
     matmuls = {index: weight for index, _, weight in found}
     replaced = {node.input[1] for _, node, _ in found}
     new_initializers = []
@@ -158,6 +159,7 @@ def quantize_int8(model, factors: dict[str, dict]):
         return helper.make_node("ReduceMax", [source], [target], axes=[-1], keepdims=1)
 
     quantized_inputs: dict[str, str] = {}  # activation tensor -> prefix of its rounded form
+    residual_inputs: set[str] = set()  # rounded forms whose remainder is rounded too (two-pass activations)
     nodes = []
     for index, node in enumerate(graph.node):
         weight = matmuls.get(index)
@@ -204,6 +206,25 @@ def quantize_int8(model, factors: dict[str, dict]):
                 ]
             quantized_inputs[x] = p
         q = quantized_inputs[x]
+        two_pass = f.get("activation_passes", 1) == 2
+        if two_pass and q not in residual_inputs:
+            if opset < 13:
+                raise ValueError("two-pass activations need opset >= 13 (per-axis QuantizeLinear)")
+            if not residual_inputs:
+                constant("int8/residual_levels", np.array(2 * ACTIVATION_LEVELS, np.float32))
+            # The rounding's remainder (|r| <= step / 2) rounded again with step / 254: the two 8-bit passes
+            # together hold the activations to ~16 bits, on the same integer GEMM (twice).
+            nodes += [
+                helper.make_node("DequantizeLinear", [q + "/q_rows", q + "/row_step", q + "/row_zero_point"],
+                                 [q + "/dq_rows"], axis=0),
+                helper.make_node("Sub", [q + "/rows", q + "/dq_rows"], [q + "/r_rows"]),
+                helper.make_node("Div", [q + "/row_step", "int8/residual_levels"], [q + "/r_row_step"]),
+                helper.make_node("QuantizeLinear", [q + "/r_rows", q + "/r_row_step", q + "/row_zero_point"],
+                                 [q + "/qr_rows"], axis=0),
+                helper.make_node("Reshape", [q + "/qr_rows", q + "/shape"], [q + "/qr"]),
+                helper.make_node("Div", [q + "/step", "int8/residual_levels"], [q + "/r_step"]),
+            ]
+            residual_inputs.add(q)
         smoothed = weight * f["scale"][:, None]
         smoothed[f["outliers"]] = 0.0
         w_step = np.maximum(np.abs(smoothed).max(0), 1e-30) / WEIGHT_LEVELS
@@ -215,10 +236,23 @@ def quantize_int8(model, factors: dict[str, dict]):
             helper.make_node("MatMulInteger", [q + "/q", constant(p + "/weight", w_int), "int8/zero_point"],
                              [p + "/int32"]),
             helper.make_node("Cast", [p + "/int32"], [p + "/float"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [q + "/step", constant(p + "/weight_step", w_step.astype(np.float32))],
-                             [p + "/out_step"]),
-            helper.make_node("Mul", [p + "/float", p + "/out_step"], [int_out]),
         ]
+        if two_pass:  # (q1 step1 + q2 step2) W: the two products summed in float, then the weight's steps
+            nodes += [
+                helper.make_node("Mul", [p + "/float", q + "/step"], [p + "/first"]),
+                helper.make_node("MatMulInteger", [q + "/qr", p + "/weight", "int8/zero_point"], [p + "/r_int32"]),
+                helper.make_node("Cast", [p + "/r_int32"], [p + "/r_float"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", [p + "/r_float", q + "/r_step"], [p + "/second"]),
+                helper.make_node("Add", [p + "/first", p + "/second"], [p + "/sum"]),
+                helper.make_node("Mul", [p + "/sum", constant(p + "/weight_step", w_step.astype(np.float32))],
+                                 [int_out]),
+            ]
+        else:
+            nodes += [
+                helper.make_node("Mul", [q + "/step", constant(p + "/weight_step", w_step.astype(np.float32))],
+                                 [p + "/out_step"]),
+                helper.make_node("Mul", [p + "/float", p + "/out_step"], [int_out]),
+            ]
         if has_outliers:
             nodes += [
                 helper.make_node("Gather", [x, constant(p + "/outlier_channels", f["outliers"])],

@@ -77,6 +77,35 @@ def test_w8a8_matches_its_numpy_model_and_splits_outliers(opset):
     assert np.abs(got - exact).max() < 0.5 * np.abs(unsplit - exact).max()
 
 
+def test_w8a8_two_pass_activations_and_fp32_matmuls():
+    """activation_passes 2 rounds the input's remainder again (about 16-bit activations on the same integer
+    GEMM), 0 leaves the MatMul as it was: both are what benchmarks/w8a8_sensitivity.py measures with."""
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(64, 48)).astype(np.float32)
+    model = _one_matmul_model(weight)
+    stats = {onnx_int8.weight_key(weight): {"x_max": np.full(64, 3.0), "w_max": np.abs(weight).max(1)}}
+    x = rng.normal(size=(3, 6, 64)).astype(np.float32)
+    x[..., 3] *= 40.0  # one wide channel, unsmoothed: its range sets every row's step, as in an LM
+    exact = x.astype(np.float64) @ weight
+
+    def quantized(passes):
+        factors = onnx_int8.channel_factors(stats, alpha=0.0, outlier_ratio=1e9)
+        for f in factors.values():
+            f["activation_passes"] = passes
+        return onnx_int8.quantize_int8(onnx.ModelProto.FromString(model.SerializeToString()), factors)
+
+    one, two, kept = quantized(1), quantized(2), quantized(0)
+    assert [n.op_type for n in two.graph.node].count("MatMulInteger") == 2
+    assert [n.op_type for n in kept.graph.node] == ["MatMul"]
+    assert np.abs(_run(kept, x) - exact).max() < 1e-4
+    # the second pass leaves only the weights' rounding: the error is that of fp32 inputs times int8 weights
+    w_step = np.abs(weight).max(0) / 127
+    weights_only = x.astype(np.float64) @ (np.clip(np.round(weight / w_step), -127, 127) * w_step)
+    # (the second pass's step is 1/254 of the first's, so what is left of the activations' error is ~1/254)
+    assert np.abs(_run(two, x) - weights_only).max() < 0.02 * np.abs(_run(one, x) - weights_only).max()
+    assert np.abs(_run(two, x) - exact).mean() < 0.5 * np.abs(_run(one, x) - exact).mean()
+
+
 def test_calibrate_reads_each_matmul_input(tmp_path):
     rng = np.random.default_rng(1)
     weight = rng.normal(size=(16, 8)).astype(np.float32)
