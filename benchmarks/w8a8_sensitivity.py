@@ -11,13 +11,15 @@ recovers says where the error comes from; the choice it supports is then checked
 Variants: `baseline`; `keep:PATTERN[+PATTERN]` (matmuls whose node name contains a pattern stay fp32);
 `twopass:PATTERN[+PATTERN]` (their inputs rounded twice, ~16-bit activations on the integer GEMM);
 `ratio:R` (outlier ratio R); `alpha:A`; `calib:beir` (calibrated on 20 other dev queries' candidates instead of
-the built-in pairs). Parts joined by `&` combine, e.g. `twopass:/body&alpha:0`.
+the built-in pairs); `split:S` (each matmul cut along K into its share S of widest input channels and the
+rest, each part with its own scales: split_channels). Parts joined by `&` combine, e.g. `twopass:/body&alpha:0`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +73,45 @@ def score(model, feeds) -> tuple[np.ndarray, float]:
     return scores, time.perf_counter() - start
 
 
+def split_channels(model, stats: dict, share: float):
+    """The fp32 graph with each constant MatMul cut in two along K: its `share` of input channels with the
+    largest calibrated max |x|, and the rest, each a Gather and a MatMul, the two products added. Quantized,
+    each part gets its own per-token activation scale and its own per-column weight scale, so the wide channels
+    no longer set the grid of the others (a two-group form of per-block scales, on MatMulInteger)."""
+    from onnx import helper, numpy_helper
+
+    found = {index: weight for index, _, weight in _constant_matmuls(model)}
+    gathered: dict[tuple[str, str], str] = {}  # (input, part) -> its gathered channels
+    nodes, initializers, replaced = [], [], set()
+    for index, node in enumerate(model.graph.node):
+        weight = found.get(index)
+        if weight is None:
+            nodes.append(node)
+            continue
+        x_max = stats[weight_key(weight)]["x_max"]
+        wide = np.sort(np.argsort(-x_max)[:max(1, int(share * len(x_max)))])
+        parts = []
+        for part, channels in (("wide", wide), ("rest", np.setdiff1d(np.arange(len(x_max)), wide))):
+            key = (node.input[0], part)
+            if key not in gathered:  # q, k and v (gate and up) share their input, so its split too
+                name = f"split/{len(gathered)}"
+                initializers.append(numpy_helper.from_array(channels.astype(np.int64), name + "/channels"))
+                nodes.append(helper.make_node("Gather", [node.input[0], name + "/channels"], [name + "/x"], axis=-1))
+                gathered[key] = name + "/x"
+            initializers.append(numpy_helper.from_array(weight[channels].astype(np.float32), f"{node.name}/{part}/w"))
+            nodes.append(helper.make_node("MatMul", [gathered[key], f"{node.name}/{part}/w"],
+                                          [f"{node.name}/{part}/y"], name=f"{node.name}/{part}"))
+            parts.append(f"{node.name}/{part}/y")
+        nodes.append(helper.make_node("Add", parts, [node.output[0]]))
+        replaced.add(node.input[1])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [i for i in model.graph.initializer if i.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + initializers)
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("artifact", type=Path, help="fp32 ONNX artifact folder (model.onnx, tokenizer, contract)")
@@ -99,7 +140,7 @@ def main() -> None:
     out = {"machine": machine_info(), "artifact": str(args.artifact), "queries": args.queries, "top_k": args.top_k,
            "split": "train (held-out dev queries)", "fp32_s": fp32_s, "variants": {}}
     for variant in args.variants.split(","):
-        alpha, ratio, source, chosen, passes = INT8_SMOOTHING_ALPHA, OUTLIER_RATIO, "builtin", [], 1
+        alpha, ratio, source, chosen, passes, share = INT8_SMOOTHING_ALPHA, OUTLIER_RATIO, "builtin", [], 1, 0.0
         for part in variant.split("&"):
             kind, _, value = part.partition(":")
             if kind in ("keep", "twopass"):
@@ -108,17 +149,29 @@ def main() -> None:
                 ratio = float(value)
             elif kind == "alpha":
                 alpha = float(value)
+            elif kind == "split":
+                share = float(value)
             elif kind == "calib":
                 source = value
                 if source not in stats:
                     stats[source] = calibrate(fp32_path, calibration)
             elif kind != "baseline":
                 sys.exit(f"unknown variant {part!r}")
-        factors = channel_factors(stats[source], alpha=alpha, outlier_ratio=ratio)
-        kept = {k for k, name in names.items() if any(p in name for p in chosen)}
+        source_model, source_stats, matmul_names = onnx.load(str(fp32_path)), stats[source], names
+        if share:
+            source_model = split_channels(source_model, source_stats, share)
+            with tempfile.TemporaryDirectory() as folder:  # calibrate reads a file
+                onnx.save(source_model, f"{folder}/split.onnx")
+                source_stats = calibrate(Path(folder) / "split.onnx", feeds_of(prompts, builtin_pairs(), 8))
+            matmul_names = {weight_key(w): node.name for _, node, w in _constant_matmuls(source_model)}
+            split_fp32, _ = score(source_model, feeds[:3])  # the cut itself changes nothing but float rounding
+            print(f"split graph vs fp32: max |diff| {np.abs(split_fp32 - reference[:len(split_fp32)]).max():.2e}",
+                  file=sys.stderr)
+        factors = channel_factors(source_stats, alpha=alpha, outlier_ratio=ratio)
+        kept = {k for k, name in matmul_names.items() if any(p in name for p in chosen)}
         for key in kept:
             factors[key]["activation_passes"] = passes
-        model = quantize_int8(onnx.load(str(fp32_path)), factors)
+        model = quantize_int8(source_model, factors)
         scores, elapsed = score(model, feeds)
         rhos, at = [], 0
         for n in sizes:
