@@ -133,6 +133,9 @@ def quantize_int8(model, factors: dict[str, dict]):
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
+    passes = {f.get("activation_passes", 1) for f in factors.values()}
+    if not passes <= {0, 1, 2}:
+        raise ValueError(f"activation_passes must be 0, 1 or 2, got {sorted(passes - {0, 1, 2})}")
     found = [m for m in _constant_matmuls(model) if factors[weight_key(m[2])].get("activation_passes", 1) != 0]
     matmuls = {index: weight for index, _, weight in found}
     replaced = {node.input[1] for _, node, _ in found}

@@ -95,6 +95,8 @@ def test_w8a8_two_pass_activations_and_fp32_matmuls():
         return onnx_int8.quantize_int8(onnx.ModelProto.FromString(model.SerializeToString()), factors)
 
     one, two, kept = quantized(1), quantized(2), quantized(0)
+    with pytest.raises(ValueError, match="activation_passes must be 0, 1 or 2"):
+        quantized(3)
     assert [n.op_type for n in two.graph.node].count("MatMulInteger") == 2
     assert [n.op_type for n in kept.graph.node] == ["MatMul"]
     assert np.abs(_run(kept, x) - exact).max() < 1e-4
