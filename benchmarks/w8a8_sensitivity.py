@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from prorank_edge.benchmarks.harness import machine_info
-from prorank_edge.contract import PromptBuilder, ScoringContract, left_pad
-from prorank_edge.export.onnx_export import ONNX_INPUT_NAMES
+from prorank_edge.contract import PromptBuilder, ScoringContract
+from prorank_edge.export.onnx_export import onnx_feeds
 from prorank_edge.export.onnx_int8 import (
     INT8_SMOOTHING_ALPHA,
     OUTLIER_RATIO,
@@ -59,8 +59,7 @@ def dev_groups(beir: str, queries: int, top_k: int, seed: int) -> list[list[tupl
 
 
 def feeds_of(prompts: PromptBuilder, pairs, batch: int = 10) -> list[dict]:
-    ids = prompts.build_pairs(pairs)
-    return [dict(zip(ONNX_INPUT_NAMES, left_pad(ids[i:i + batch]))) for i in range(0, len(ids), batch)]
+    return onnx_feeds(prompts.build_pairs(pairs), batch)
 
 
 def score(model, feeds) -> tuple[np.ndarray, float]:
@@ -136,7 +135,8 @@ def main() -> None:
     reference, fp32_s = score(fp32, feeds)
 
     names = {weight_key(w): node.name for _, node, w in _constant_matmuls(fp32)}
-    stats = {"builtin": calibrate(fp32_path, feeds_of(prompts, builtin_pairs(), 8))}
+    builtin_feeds = feeds_of(prompts, builtin_pairs(), 8)  # what the export calibrates on
+    stats = {"builtin": calibrate(fp32_path, builtin_feeds)}
     out = {"machine": machine_info(), "artifact": str(args.artifact), "queries": args.queries, "top_k": args.top_k,
            "split": "train (held-out dev queries)", "fp32_s": fp32_s, "variants": {}}
     for variant in args.variants.split(","):
@@ -162,7 +162,7 @@ def main() -> None:
             source_model = split_channels(source_model, source_stats, share)
             with tempfile.TemporaryDirectory() as folder:  # calibrate reads a file
                 onnx.save(source_model, f"{folder}/split.onnx")
-                source_stats = calibrate(Path(folder) / "split.onnx", feeds_of(prompts, builtin_pairs(), 8))
+                source_stats = calibrate(Path(folder) / "split.onnx", builtin_feeds)
             matmul_names = {weight_key(w): node.name for _, node, w in _constant_matmuls(source_model)}
             split_fp32, _ = score(source_model, feeds[:3])  # the cut itself changes nothing but float rounding
             print(f"split graph vs fp32: max |diff| {np.abs(split_fp32 - reference[:len(split_fp32)]).max():.2e}",

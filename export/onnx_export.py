@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
@@ -537,16 +538,20 @@ def _quantize_int4(source: Path, target: Path, low_rank: dict | None = None) -> 
     _save_onnx(embedding.model.model, target)
 
 
+def onnx_feeds(token_ids: Sequence[Sequence[int]], batch: int = 8) -> list[dict]:
+    """model.onnx's inputs for the prompts, `batch` prompts a feed, each feed left-padded."""
+    from ..contract import left_pad
+
+    return [dict(zip(ONNX_INPUT_NAMES, left_pad(token_ids[i:i + batch]))) for i in range(0, len(token_ids), batch)]
+
+
 def _w8a8_factors(fp32_path: Path, prompts: PromptBuilder) -> dict:
     """Smoothing factors and outlier channels for w8a8, calibrated by onnxruntime on the built-in pairs (no
     torch; the outlier channels belong to the model, not to one text)."""
-    from ..contract import left_pad
     from .onnx_int8 import calibrate, channel_factors
     from .parity import builtin_pairs
 
-    token_ids = prompts.build_pairs(builtin_pairs())
-    feeds = [dict(zip(ONNX_INPUT_NAMES, left_pad(token_ids[i:i + 8]))) for i in range(0, len(token_ids), 8)]
-    return channel_factors(calibrate(fp32_path, feeds))
+    return channel_factors(calibrate(fp32_path, onnx_feeds(prompts.build_pairs(builtin_pairs()))))
 
 
 def _quant_info(quant: str, factors: dict | None) -> dict:
