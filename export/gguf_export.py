@@ -8,7 +8,8 @@ in `gguf` cannot make K-quants. Beside llama.cpp's usual keys, two keys make the
     prorank.tokenizer_json  the checkpoint's tokenizer.json, so the runtime tokenizes exactly like torch
 
 q4_lora is written by this module alone (no llama.cpp): q4_0 matrices and a LoRA file beside the GGUF
-(export/gguf_lora.py).
+(export/gguf_lora.py). So is bf16 (bf16 matrices rounded from fp32), the fast unquantized file on CPUs with
+AVX-512 BF16 or AMX.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..formats import (
     GGUF_RANK_HEAD_KEY,
     GGUF_RERANK_TEMPLATE_NAME,
     GGUF_TOKENIZER_JSON_KEY,
+    GGUF_UNQUANTIZED,
     QUANTS,
     RANK_HEAD_KIND,
 )
@@ -53,7 +55,8 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
                 max_length: int | None = None, smoothing_alpha: float | None = None, rank_head: bool = False) -> dict:
     """Convert the checkpoint in `model_dir` to a GGUF reranker at `output_path`; returns what was written.
 
-    quant: "f16", "q8_0", "q4_k_m" or "q4_lora" (which also writes NAME.lora.gguf beside the file).
+    quant: "f16", "bf16" (matrices in bf16, the head and embedding f16: for CPUs with AVX-512 BF16 or AMX), "q8_0",
+    "q4_k_m" or "q4_lora" (which also writes NAME.lora.gguf beside the file).
     max_length: stored in the file's contract (default: the checkpoint's).
     smoothing_alpha: channel smoothing before quantization (export/smoothing.py); None: DEFAULT_ALPHAS for the
     quantized levels, none for f16; 0 turns it off.
@@ -81,7 +84,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
             raise ProrankError("--smooth does not apply to q4_lora, whose matrices keep their 4-bit grid exactly")
         if lora_path.exists() and not overwrite:
             raise ProrankError(f"{lora_path} already exists; pass overwrite=True (--overwrite) to replace it")
-    elif quant != "f16" and not _has_llama_cpp():  # fail before the slow conversion
+    elif quant not in GGUF_UNQUANTIZED and not _has_llama_cpp():  # fail before the slow conversion
         raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp")
     if smoothing_alpha is None:
         smoothing_alpha = DEFAULT_ALPHAS.get(quant, 0.0)
@@ -112,17 +115,18 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
                 from ..adapter import merged_adapter_factors
 
                 encoder = gguf_lora.Q4LoraEncoder(merged_adapter_factors(model_dir) or {})
-                pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, partial, rank_head=False,
-                                 encoder=encoder, metadata={GGUF_LORA_KEY: lora_path.name})
+                pre = _write_unquantized(model_dir, config, arch, tokenizer_text, prompts, partial, rank_head=False,
+                                         encoder=encoder, metadata={GGUF_LORA_KEY: lora_path.name})
                 gguf_lora.write_lora(lora_partial, _gguf_arch_name(arch), encoder.factors)
                 os.replace(lora_partial, lora_path)
             lora_info = {"path": str(lora_path), "bytes": lora_path.stat().st_size,
                          "tensors": len(encoder.factors), "adapter_tensors": len(encoder.low_rank),
                          "kept_f16": encoder.kept_f16}
         else:
-            f16_path = partial.with_name(partial.name + ".f16") if quant != "f16" else partial
-            pre = _write_f16(model_dir, config, arch, tokenizer_text, prompts, f16_path, scales, rank_head)
-            if quant != "f16":
+            f16_path = partial.with_name(partial.name + ".f16") if quant not in GGUF_UNQUANTIZED else partial
+            pre = _write_unquantized(model_dir, config, arch, tokenizer_text, prompts, f16_path, scales, rank_head,
+                                     bf16=quant == "bf16")
+            if quant not in GGUF_UNQUANTIZED:
                 fallback = _quantize(f16_path, partial, quant)
                 f16_path.unlink()
         tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
@@ -170,11 +174,13 @@ def _gguf_arch_name(arch: str) -> str:
     return gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch)]
 
 
-def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, prompts: PromptBuilder,
-               path: Path, scales: dict | None = None, rank_head: bool = False, encoder=None,
-               metadata: dict[str, str] | None = None) -> str:
+def _write_unquantized(model_dir: Path, config: dict, arch: str, tokenizer_text: str, prompts: PromptBuilder,
+                       path: Path, scales: dict | None = None, rank_head: bool = False, encoder=None,
+                       metadata: dict[str, str] | None = None, bf16: bool = False) -> str:
     """Write the f16 GGUF (norms and biases stay f32, as llama.cpp expects); returns the pre-tokenizer name.
 
+    bf16: the matrices in bf16 instead, rounded from fp32 (not from f16); the embedding and LM head stay f16, whose
+    finer mantissa keeps the score head (the difference of two of its rows) as exact as in the f16 file.
     scales: channel smoothing to apply on the way (`smoothing.smoothing_scales`), or None.
     rank_head: rotate for llama.cpp's rank pooling (`rank_head.rotate_for_rank_head`).
     encoder: writes each tensor in its own types instead (gguf_lora.Q4LoraEncoder). metadata: more string keys."""
@@ -204,7 +210,8 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, pr
     writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
     _add_rope_scaling(writer, config, model_dir)
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if encoder else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if encoder else gguf.LlamaFileType.MOSTLY_BF16 if bf16
+                         else gguf.LlamaFileType.MOSTLY_F16)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     vocab_size = int(config["vocab_size"])
@@ -253,6 +260,11 @@ def _write_f16(model_dir: Path, config: dict, arch: str, tokenizer_text: str, pr
         if encoder is not None:
             data, raw_dtype = encoder.encode(hf_name, name, tensor, permute_rows)
             writer.add_tensor(name, data, raw_dtype=raw_dtype)
+            continue
+        if bf16 and tensor.ndim == 2 and name not in ("token_embd.weight", "output.weight"):
+            bf16_type = gguf.GGMLQuantizationType.BF16
+            writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(tensor, dtype=np.float32), bf16_type),
+                              raw_dtype=bf16_type)
             continue
         dtype = np.float16 if tensor.ndim == 2 else np.float32
         writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=dtype))

@@ -18,6 +18,7 @@ A q4_lora file names its LoRA file ("prorank.lora_file", beside it), which is ap
 from __future__ import annotations
 
 import ctypes
+import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import ScoringContract
-from ..devices import parse_device, usable_cores
+from ..devices import cpu_has_native_bf16, parse_device, usable_cores
 from ..errors import ContractError, ProrankError
 from ..formats import GGUF_CONTRACT_KEY, GGUF_LORA_KEY, GGUF_LORA_SUFFIX, GGUF_TOKENIZER_JSON_KEY
 from .base import ScoringBackend
@@ -89,6 +90,11 @@ class GgufBackend(ScoringBackend):
         except BaseException:
             self.close()
             raise
+        if n_gpu_layers == 0 and " BF16" in self.model_description and not cpu_has_native_bf16():
+            # A per-machine fact, so it is told at load: bf16 is the fast file only where the CPU multiplies bf16.
+            warnings.warn(f"{self.model_path}: a bf16 GGUF on a CPU without AVX-512 BF16 or AMX: llama.cpp has no "
+                          "native bf16 product here and converts the weights to fp32 as it goes; the f16 file is the "
+                          "unquantized level for this CPU", RuntimeWarning, stacklevel=2)
 
     def _setup(self, model, contract, max_length, device, threads, n_batch, n_seq_max, flash_attn) -> None:
         llama_cpp = self._llama_cpp

@@ -13,7 +13,7 @@ def run(args):
 def test_quant_level_the_format_lacks(tmp_path):
     result = run(["export", "--format", "gguf", "--quant", "int8", "--output", str(tmp_path / "m.gguf")])
     assert result.exit_code == 2
-    assert "--quant 'int8' is not a gguf level; choose one of: f16, q8_0, q4_k_m" in result.output
+    assert "--quant 'int8' is not a gguf level; choose one of: f16, bf16, q8_0, q4_k_m" in result.output
     result = run(["export", "--format", "onnx", "--quant", "q4_k_m", "--output", str(tmp_path / "m")])
     assert result.exit_code == 2 and "fp32, fp16, int8, w8a8, int4" in result.output
     result = run(["export", "--format", "onnx", "--smooth", "0.5", "--output", str(tmp_path / "m")])

@@ -33,6 +33,7 @@ from prorank_edge.formats import QUANTS  # noqa: E402
 # conversion (rotary layout, tied head, tokenizer) or smoothing that changed the function lands far below these
 # bounds.
 Q8_0_MIN_SPEARMAN = 0.99
+BF16_MIN_SPEARMAN = 0.99
 Q4_K_M_MIN_SPEARMAN = 0.95
 
 
@@ -78,6 +79,69 @@ def test_f16_matches_torch_fp32(model, request, gguf_cache):
         backend.close()  # twice is fine
     with pytest.raises(ProrankError, match="closed"):
         backend.score_batch(ids[:1])
+
+
+@requires_torch
+@pytest.mark.parametrize("model", ["wide_qwen2_dir", "wide_llama_dir"])
+def test_bf16_keeps_the_head_f16_and_scores_like_torch_fp32(model, request, gguf_cache, monkeypatch):
+    """bf16: every matrix in bf16, rounded from fp32, the embedding / LM head (the score's two rows) kept f16."""
+    model_dir = request.getfixturevalue(model)
+    path, info = gguf_cache(model_dir, "bf16")
+    assert info["llama_tokenizer_matches_hf"] is True and info["smoothing_alpha"] == 0.0
+    types = tensor_types(path)
+    matrices = {name: kind for name, kind in types.items() if name.startswith("blk.") and name.endswith(".weight")
+                and "_norm" not in name}
+    assert len(matrices) == 7 * 2 and set(matrices.values()) == {"BF16"}
+    assert types["token_embd.weight"] == "F16" and types.get("output.weight", "F16") == "F16"
+    assert {kind for name, kind in types.items() if "_norm" in name} == {"F32"}
+    # Rounded from the checkpoint's fp32, not from the f16 file (which would round twice).
+    from gguf import GGMLQuantizationType, GGUFReader, quants
+    from safetensors.numpy import load_file
+
+    weights = {}
+    for file in model_dir.glob("*.safetensors"):
+        weights.update(load_file(file))
+    fp32 = weights["model.layers.0.mlp.up_proj.weight"].astype(np.float32)
+    stored = next(t for t in GGUFReader(path).tensors if t.name == "blk.0.ffn_up.weight")
+    assert np.array_equal(np.asarray(stored.data).reshape(-1),
+                          quants.quantize(fp32, GGMLQuantizationType.BF16).reshape(-1))
+
+    from prorank_edge.backends import gguf_backend
+
+    monkeypatch.setattr(gguf_backend, "cpu_has_native_bf16", lambda: True)
+    backend = GgufBackend(path, device="cpu")
+    try:
+        assert " BF16" in backend.describe()["llama_model"]
+        ids = backend.prompts.build_pairs(TINY_PAIRS)
+        scores = backend.score_batch(ids)
+    finally:
+        backend.close()
+    expected = torch_backend(model_dir).score_batch(ids)
+    assert np.ptp(expected) > 0.2
+    # bf16 keeps 8 bits of mantissa: measured max |diff| BF16_MEASURED on these models (f16: < 2e-2).
+    print(f"\n{model} bf16: max |score - torch fp32| {np.abs(scores - expected).max():.3e}, "
+          f"spread {np.ptp(expected):.3f}, Spearman {spearman(scores, expected):.4f}")
+    assert np.abs(scores - expected).max() < 0.1
+    assert spearman(scores, expected) > 0.95
+
+
+@requires_torch
+def test_bf16_file_warns_on_a_cpu_without_native_bf16(wide_llama_dir, gguf_cache, monkeypatch):
+    """A per-machine fact: on a CPU without AVX-512 BF16 or AMX the bf16 file loads with a warning, f16 without."""
+    from prorank_edge.backends import gguf_backend
+
+    monkeypatch.setattr(gguf_backend, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without AVX-512 BF16 or AMX.*f16 file"):
+        GgufBackend(gguf_cache(wide_llama_dir, "bf16")[0], device="cpu").close()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GgufBackend(gguf_cache(wide_llama_dir, "f16")[0], device="cpu").close()
+    monkeypatch.setattr(gguf_backend, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GgufBackend(gguf_cache(wide_llama_dir, "bf16")[0], device="cpu").close()
 
 
 @pytest.mark.slow
@@ -156,7 +220,7 @@ def test_quantized_smollm2_ranks_like_torch(smollm2_dir, scifact_dir, gguf_cache
     ids = reference.prompts.build_pairs(pairs)
     expected = reference.score_batch(ids)
     reference.close()
-    for quant, minimum in (("q8_0", Q8_0_MIN_SPEARMAN), ("q4_k_m", Q4_K_M_MIN_SPEARMAN)):
+    for quant, minimum in (("bf16", BF16_MIN_SPEARMAN), ("q8_0", Q8_0_MIN_SPEARMAN), ("q4_k_m", Q4_K_M_MIN_SPEARMAN)):
         path, info = gguf_cache(smollm2_dir, quant)
         backend = GgufBackend(path, max_length=SCIFACT_MAX_LENGTH)
         try:

@@ -37,7 +37,7 @@ def write_base(path):
     orig = ge._read_tensors
     ge._read_tensors = lambda d: base_tensors()
     try:
-        ge._write_f16(M, cfg, 'LLAMA', tok, prompts, path, {}, False)
+        ge._write_unquantized(M, cfg, 'LLAMA', tok, prompts, path, {}, False)
     finally:
         ge._read_tensors = orig
 

@@ -59,7 +59,7 @@ def write_base(path):
     gguf.GGUFWriter.add_tensor = add
     ge._read_tensors = lambda d: base_tensors()
     try:
-        ge._write_f16(M, cfg, 'LLAMA', tok, prompts, path, {}, False)
+        ge._write_unquantized(M, cfg, 'LLAMA', tok, prompts, path, {}, False)
     finally:
         gguf.GGUFWriter.add_tensor = orig_add
         ge._read_tensors = READ
@@ -125,7 +125,7 @@ if len(sys.argv) > 1 and sys.argv[1] == 'lean':
     gguf.GGUFWriter.add_tensor = add
     ge._read_tensors = lambda d: tied()
     try:
-        ge._write_f16(M, config, 'LLAMA', tok, prompts, OUT / 'base3.q4_0.gguf', {}, False)
+        ge._write_unquantized(M, config, 'LLAMA', tok, prompts, OUT / 'base3.q4_0.gguf', {}, False)
     finally:
         gguf.GGUFWriter.add_tensor = orig_add
         ge._read_tensors = READ
