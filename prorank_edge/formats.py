@@ -47,7 +47,7 @@ GGUF_LORA_SUFFIX = ".lora.gguf"
 # onnx int8: 8-bit weights, fp32 compute (accurate, not faster); w8a8: 8-bit weights and activations on
 # integer GEMMs (export/onnx_int8.py: faster, less exact).
 # gguf bf16: bf16 matrices (head and embedding f16), for CPUs with AVX-512 BF16 or AMX, where llama.cpp multiplies
-# them natively (AMD EPYC, 2 cores, built-in model: 1.57x the f16 file, 1.35x torch fp32); elsewhere f16 is the one.
+# them natively (AMD EPYC, 2 cores, built-in model: 1.25-1.43x the f16 file, 1.15x torch fp32); elsewhere f16.
 # gguf q4_lora: q4_0 matrices plus a LoRA file that restores Q4_1's offsets and keeps an adapter's delta exact
 # (export/gguf_lora.py).
 QUANTS = {"onnx": ("fp32", "fp16", "int8", "w8a8", "int4"), "gguf": ("f16", "bf16", "q8_0", "q4_k_m", "q4_lora")}

@@ -22,11 +22,10 @@ def _quant_help() -> str:
               help="onnx: a folder (model.onnx, tokenizer.json, contract); gguf: one self-contained .gguf file "
                    "(q4_lora: plus NAME.lora.gguf beside it, which the .gguf names and needs).")
 @click.option("--quant", default=None, help=_quant_help() + " fp16 is for GPUs. gguf bf16: bf16 "
-              "matrices, which llama.cpp multiplies natively on CPUs with AVX-512 BF16 or AMX (1.57x f16 on an EPYC); "
-              "elsewhere f16 is the unquantized level. q4_lora: 4-bit matrices on llama.cpp's fast q4_0 kernels "
-              "plus a LoRA file that restores Q4_1's block offsets and keeps a merged adapter's delta exact (the "
-              "built-in model keeps its ranking at 4 bits); stock llama.cpp takes it as "
-              "`--lora NAME.lora.gguf`.")
+              "matrices, which llama.cpp multiplies natively on CPUs with AVX-512 BF16 or AMX (1.25-1.43x f16 on "
+              "an EPYC); elsewhere f16 is the unquantized level. q4_lora: 4-bit matrices on llama.cpp's fast q4_0 "
+              "kernels plus a LoRA file that restores Q4_1's block offsets and keeps a merged adapter's delta exact "
+              "(the built-in model keeps its ranking at 4 bits); stock llama.cpp takes it as `--lora NAME.lora.gguf`.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Folder (onnx) or .gguf file (gguf) to write; written under a temporary name, then renamed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
