@@ -123,12 +123,12 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
                          "tensors": len(encoder.factors), "adapter_tensors": len(encoder.low_rank),
                          "kept_f16": encoder.kept_f16}
         else:
-            f16_path = partial.with_name(partial.name + ".f16") if quant not in GGUF_UNQUANTIZED else partial
-            pre = _write_unquantized(model_dir, config, arch, tokenizer_text, prompts, f16_path, scales, rank_head,
+            unquantized = partial.with_name(partial.name + ".f16") if quant not in GGUF_UNQUANTIZED else partial
+            pre = _write_unquantized(model_dir, config, arch, tokenizer_text, prompts, unquantized, scales, rank_head,
                                      bf16=quant == "bf16")
             if quant not in GGUF_UNQUANTIZED:
-                fallback = _quantize(f16_path, partial, quant)
-                f16_path.unlink()
+                fallback = _quantize(unquantized, partial, quant)
+                unquantized.unlink()
         tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
         rank_check = _check_rank_pooling(partial, prompts) if rank_head and _has_llama_cpp() else None
         os.replace(partial, output_path)

@@ -15,6 +15,7 @@ pytest.importorskip("gguf")
 from conftest import (  # noqa: E402
     SCIFACT_MAX_LENGTH,
     TINY_PAIRS,
+    checkpoint_weights,
     requires_torch,
     scifact_gguf_pairs,
     with_outlier_channel,
@@ -107,12 +108,8 @@ def test_bf16_keeps_the_head_f16_and_scores_like_torch_fp32(model, request, gguf
     assert {kind for name, kind in types.items() if "_norm" in name} == {"F32"}
     # Rounded from the checkpoint's fp32, not from the f16 file (which would round twice).
     from gguf import GGMLQuantizationType, GGUFReader, quants
-    from safetensors.numpy import load_file
 
-    weights = {}
-    for file in model_dir.glob("*.safetensors"):
-        weights.update(load_file(file))
-    fp32 = weights["model.layers.0.mlp.up_proj.weight"].astype(np.float32)
+    fp32 = checkpoint_weights(model_dir)["model.layers.0.mlp.up_proj.weight"].astype(np.float32)
     stored = next(t for t in GGUFReader(path).tensors if t.name == "blk.0.ffn_up.weight")
     assert np.array_equal(np.asarray(stored.data).reshape(-1),
                           quants.quantize(fp32, GGMLQuantizationType.BF16).reshape(-1))
