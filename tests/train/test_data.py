@@ -74,3 +74,38 @@ def test_a_lone_surrogate_in_training_jsonl_names_the_nested_field(tmp_path):
     with pytest.raises(InputError, match=r"bad\.jsonl:1: field 'positives\[1\]': invalid Unicode"):
         read_jsonl_groups(bad)
 
+
+
+def test_other_query_positives_are_drawn_first_and_never_from_dev_queries(tmp_path):
+    """data.other_query_positives: up to N of a query's hard negatives are documents judged positive for another
+    training query (what teaches a model not to rank a document by how often it was relevant), never a dev
+    query's positives (held out) and never the query's own judged documents; 0 draws exactly as before."""
+    pytest.importorskip("bm25s")
+    from prorank_edge.evaluation.beir import load_beir
+
+    data = load_beir(write_topics_beir(tmp_path / "beir"), "train")
+    base = dict(hard_negatives=3, bm25_depth=32, dev_queries=2, dev_top_k=5)  # depth 32: the whole corpus
+    plain = from_beir(data, DataConfig(**base), seed=1)
+    assert [[n.doc_id for n in g.negatives] for g in from_beir(data, DataConfig(**base, other_query_positives=0),
+                                                                seed=1).groups] == \
+        [[n.doc_id for n in g.negatives] for g in plain.groups]
+    mined = from_beir(data, DataConfig(**base, other_query_positives=2), seed=1)
+    dev = {d.query_id for d in mined.dev}
+    train_positives = {d for q in data.qrels if q not in dev for d, g in data.qrels[q].items() if g > 0}
+    dev_positives = {d for q in dev for d, g in data.qrels[q].items() if g > 0}
+    for group in mined.groups:
+        negatives = [n.doc_id for n in group.negatives]
+        assert len(negatives) == 3 and not set(negatives) & set(data.qrels[group.query_id])
+        # (the third, drawn from the rest, may be one too by chance)
+        assert len(set(negatives) & train_positives) >= 2 and not set(negatives) & dev_positives
+    # the plain draw meets such documents only by chance (10 of the 29 unjudged documents here)
+    assert sum(len({n.doc_id for n in g.negatives} & train_positives) for g in plain.groups) < 2 * len(plain.groups)
+
+
+def test_other_query_positives_config_errors():
+    from prorank_edge.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="other_query_positives: expected 0"):
+        load_config(None, ["data.beir=x", "data.other_query_positives=-1"])
+    with pytest.raises(ConfigError, match="other_query_positives reads BEIR qrels"):
+        load_config(None, ["data.jsonl=x.jsonl", "data.other_query_positives=2"])
