@@ -109,3 +109,15 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
 # Round 8b: the same at lr 5e-5 (group_seed 4, 180 steps planned). Dev 0.7086 / 0.7073 at steps 60 / 120; stopped at
 # 120 (the session's end, part of it beside the test suite; SIGSTOP while the suite finished); files in round8b/.
 .venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round8b.yaml
+
+# --- Round 9 (issue 19; 2026-12-06, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round9/. The document prior on dev (round 5's saved dev scores), then round 5's recipe with 3 of 7
+# negatives drawn from other training queries' positives (data.other_query_positives 3), 240 steps (34 min).
+# Dev 0.6841 / 0.6968 at steps 120 / 240 (round 5: 0.7063); not shipped, no test figure.
+.venv/bin/python benchmarks/results/training/round9/document_prior.py > benchmarks/results/training/round9/document_prior_round5_dev.json
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round9.yaml
+# the round-9 checkpoint's scores on the dev queries' BM25 top 20 (torch bf16), then the same measurement:
+.venv/bin/python benchmarks/results/training/round9/score_dev.py runs/round9/stage2 \
+    benchmarks/results/training/round9/scifact_dev_top20_round9_bf16.json
+.venv/bin/python benchmarks/results/training/round9/document_prior.py \
+    benchmarks/results/training/round9/scifact_dev_top20_round9_bf16.json > benchmarks/results/training/round9/document_prior_round9_dev.json
