@@ -112,11 +112,7 @@ def from_beir(data, config: DataConfig, seed: int = 0, retriever=None) -> Traini
     all_doc_ids = list(data.corpus)
     text = lambda d: data.corpus[d].full_text  # noqa: E731
     # Documents judged positive for a training query (never a dev one's: those judgments stay held out).
-    positive_for: dict[str, set[str]] = {}
-    for qid in train_ids:
-        for d, g in data.qrels[qid].items():
-            if g > 0:
-                positive_for.setdefault(d, set()).add(qid)
+    train_positives = {d for qid in train_ids for d, g in data.qrels[qid].items() if g > 0}
 
     groups = []
     for qid in train_ids:
@@ -126,7 +122,7 @@ def from_beir(data, config: DataConfig, seed: int = 0, retriever=None) -> Traini
             continue
         # Judged documents are never negatives, whatever their grade: a 0 grade in BEIR can still be on topic.
         pool = [d for d in bm25[qid][: config.bm25_depth] if d not in judged]
-        elsewhere = [d for d in pool if d in positive_for]
+        elsewhere = [d for d in pool if d in train_positives]
         hard = rng.sample(elsewhere, min(config.other_query_positives, config.hard_negatives, len(elsewhere)))
         rest = [d for d in pool if d not in hard]
         hard += rng.sample(rest, min(config.hard_negatives - len(hard), len(rest)))

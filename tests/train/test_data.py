@@ -75,7 +75,6 @@ def test_a_lone_surrogate_in_training_jsonl_names_the_nested_field(tmp_path):
         read_jsonl_groups(bad)
 
 
-
 def test_other_query_positives_are_drawn_first_and_never_from_dev_queries(tmp_path):
     """data.other_query_positives: up to N of a query's hard negatives are documents judged positive for another
     training query (what teaches a model not to rank a document by how often it was relevant), never a dev
