@@ -56,7 +56,7 @@ def parse_formats(text: str | Sequence[str]) -> list[Variant]:
     variants = []
     for name in names:
         backend, _, quant = name.partition("-")
-        valid = TORCH_DTYPES if backend in DTYPE_BACKENDS else QUANTS.get(backend, ())
+        valid = (*TORCH_DTYPES, *QUANTS.get(backend, ())) if backend in DTYPE_BACKENDS else QUANTS.get(backend, ())
         if quant not in valid:
             raise ProrankError(f"unknown format {name!r}; choose from: {', '.join(BENCH_FORMATS)}")
         if name not in [v.name for v in variants]:
@@ -196,21 +196,32 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 # onnx r2: prefix.onnx and suffix.onnx beside model.onnx (prefix reuse).
 # onnx r3: int4 of a merged checkpoint keeps its adapter's delta beside the 4-bit base (export/onnx_int4.py).
 # onnx r4: w8a8 rounds each matmul input with one QuantizeLinear per row (export/onnx_int8.py).
-EXPORT_REVISIONS = {"onnx": 4, "gguf": 3}
+# openvino r1: int8 IR made from the onnx fp32 artifact (export/openvino_export.py).
+EXPORT_REVISIONS = {"onnx": 4, "gguf": 3, "openvino": 1}
+#: training queries of the bench's dataset that calibrate openvino-int8 (never the split it reports)
+CALIBRATION_SPLIT, CALIBRATION_QUERIES = "train", 16
 
 
 def exported_as(variant: Variant) -> Variant:
-    """The artifact a variant runs: openvino-* run the onnx fp32 export, at their own precision."""
-    return Variant("onnx-fp32", "onnx", "fp32") if variant.backend == "openvino" else variant
+    """The artifact a variant runs: openvino-fp32/bf16 run the onnx fp32 export, at their own precision."""
+    if variant.backend == "openvino" and variant.quant in TORCH_DTYPES:
+        return Variant("onnx-fp32", "onnx", "fp32")
+    return variant
 
 
-def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant) -> Path:
+def variant_dtype(variant: Variant) -> str | None:
+    """--dtype of a variant: its precision for torch-* and openvino-fp32/bf16; None (auto) for exported levels."""
+    return TORCH_DTYPES.get(variant.quant) if variant.backend in DTYPE_BACKENDS else None
+
+
+def artifact_path(artifacts_dir: Path, model_dir: Path, variant: Variant, calibration: str | None = None) -> Path:
+    """calibration: what a calibrated level was calibrated on, part of its name (None: the built-in pairs)."""
     variant = exported_as(variant)
     if variant.backend == "torch":
         return model_dir
     stem = (f"{model_dir.name}-{model_fingerprint(model_dir)}-{variant.quant}"
-            f"-r{EXPORT_REVISIONS[variant.backend]}")
-    return artifacts_dir / (f"{stem}.gguf" if variant.backend == "gguf" else f"{stem}-onnx")
+            f"-r{EXPORT_REVISIONS[variant.backend]}" + (f"-cal-{calibration}" if calibration else ""))
+    return artifacts_dir / (f"{stem}.gguf" if variant.backend == "gguf" else f"{stem}-{variant.backend}")
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -223,19 +234,28 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def ensure_artifact(artifacts_dir: Path, model_dir: Path, variant: Variant,
-                    log: Callable[[str], None]) -> tuple[Path, float | None]:
-    """The variant's artifact, exported once with `run_export` and reused by later runs."""
+def ensure_artifact(artifacts_dir: Path, model_dir: Path, variant: Variant, log: Callable[[str], None],
+                    calibration: tuple[str, list] | None = None) -> tuple[Path, float | None]:
+    """The variant's artifact, exported once with `run_export` and reused by later runs. An openvino level is
+    made from the onnx fp32 artifact (exported first if need be), calibrated on calibration = (name, pairs)
+    (None: the built-in pairs)."""
     from ..export import run_export
 
-    path = artifact_path(artifacts_dir, model_dir, variant)
+    path = artifact_path(artifacts_dir, model_dir, variant, calibration[0] if calibration else None)
     source = exported_as(variant)
     if source.backend == "torch" or path.exists():
         return path, None
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    log(f"exporting {source.name} to {path} (once)")
     t0 = time.perf_counter()
-    run_export(model_dir, source.backend, source.quant, path, overwrite=False)
+    if source.backend == "openvino":
+        from ..export.openvino_export import export_openvino
+
+        onnx_fp32, _ = ensure_artifact(artifacts_dir, model_dir, Variant("onnx-fp32", "onnx", "fp32"), log)
+        log(f"exporting {source.name} to {path} from {onnx_fp32.name} (once)")
+        export_openvino(onnx_fp32, path, quant=source.quant, calibration_pairs=calibration[1] if calibration else None)
+    else:
+        log(f"exporting {source.name} to {path} (once)")
+        run_export(model_dir, source.backend, source.quant, path, overwrite=False)
     return path, time.perf_counter() - t0
 
 
@@ -445,6 +465,22 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
         "parameters": params, "systems": [], "errors": {},
     }
     bm25_row = summarize_bm25(bm25, workload, qrels, top_k)
+    calibrations: dict[str, tuple[str, list] | None] = {}
+
+    def calibration(variant: Variant) -> tuple[str, list] | None:
+        """openvino-int8 calibrates on the dataset's training queries where it has them, else on built-in pairs."""
+        if exported_as(variant).backend != "openvino" or split == CALIBRATION_SPLIT:
+            return None
+        if "pairs" not in calibrations:
+            from ..evaluation.beir import available_splits
+            from ..export.parity import beir_calibration_pairs
+
+            folder = resolve_beir(data)
+            calibrations["pairs"] = (f"{beir.name}-{CALIBRATION_SPLIT}{CALIBRATION_QUERIES}",
+                                     beir_calibration_pairs(str(folder), CALIBRATION_SPLIT, CALIBRATION_QUERIES)) \
+                if CALIBRATION_SPLIT in available_splits(folder) else None
+            report["settings"]["calibration"] = calibrations["pairs"][0] if calibrations["pairs"] else "built-in"
+        return calibrations["pairs"]
 
     def save(final: bool) -> dict:
         # Written after every system, so a long run that is stopped early still leaves its results.
@@ -488,9 +524,10 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
         for number, variant in enumerate(variants, start=1):
             log(f"[{number}/{len(variants)}] {variant.name}")
             try:
-                artifact, export_s = ensure_artifact(artifacts_dir, model_dir, variant, log)
+                artifact, export_s = ensure_artifact(artifacts_dir, model_dir, variant, log,
+                                                     calibration(variant))
                 job = {"kind": "variant", "name": variant.name, "backend": variant.backend,
-                       "dtype": TORCH_DTYPES[variant.quant] if variant.backend in DTYPE_BACKENDS else None,
+                       "dtype": variant_dtype(variant),
                        "model": str(artifact), "workload": str(workload_file), "threads": threads,
                        "repeats": repeats, "batch_size": batch_size, "bare": variant.name in bare_names,
                        "scale": {"candidates": list(scale_candidates), "prompt_lengths": list(scale_lengths),

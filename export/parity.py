@@ -117,3 +117,23 @@ def check_beir(model_dir, artifact, data: str, split: str, queries: int, top_k: 
         out[name] = report.to_dict()["metrics"]["reranker"]
     out["bm25"] = report.to_dict()["metrics"]["bm25"]
     return out
+
+
+def beir_calibration_pairs(data: str, split: str = "train", queries: int = 16, seed: int = 0) -> list[tuple[str, str]]:
+    """(query, document) pairs to calibrate a quantizer on: `queries` queries of a BEIR split drawn with `seed`,
+    each with its BM25 top 3 and one random document (so both relevant-looking and unrelated text set the
+    activation ranges). Use a split you do not report: the calibration sees its texts."""
+    import random
+
+    from ..evaluation.beir import load_beir, resolve_beir
+    from ..evaluation.bm25 import BM25Retriever
+
+    beir = load_beir(resolve_beir(data), split)
+    rng = random.Random(seed)
+    chosen = sorted(beir.queries)
+    rng.shuffle(chosen)
+    chosen = chosen[:queries]
+    top, _ = BM25Retriever(beir.corpus).retrieve([beir.queries[q] for q in chosen], 3)
+    doc_ids = list(beir.corpus)
+    return [(beir.queries[q], beir.corpus[d].full_text)
+            for q, docs in zip(chosen, top) for d in [*docs, rng.choice(doc_ids)]]

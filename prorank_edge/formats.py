@@ -50,12 +50,15 @@ GGUF_LORA_SUFFIX = ".lora.gguf"
 # them natively (AMD EPYC, 2 cores, built-in model: 1.25-1.43x the f16 file, 1.15x torch fp32); elsewhere f16.
 # gguf q4_lora: q4_0 matrices plus a LoRA file that restores Q4_1's offsets and keeps an adapter's delta exact
 # (export/gguf_lora.py).
-QUANTS = {"onnx": ("fp32", "fp16", "int8", "w8a8", "int4"), "gguf": ("f16", "bf16", "q8_0", "q4_k_m", "q4_lora")}
+# openvino int8: the onnx fp32 artifact's graphs as OpenVINO IR, 8-bit weights and activations quantized by NNCF
+# (export/openvino_export.py), for OpenVINO's integer kernels.
+QUANTS = {"onnx": ("fp32", "fp16", "int8", "w8a8", "int4"), "gguf": ("f16", "bf16", "q8_0", "q4_k_m", "q4_lora"),
+          "openvino": ("int8",)}
 #: GGUF levels written by gguf-py alone, without llama.cpp's quantizer
 GGUF_UNQUANTIZED = ("f16", "bf16")
 # The 8-bit levels: the smallest that keep ranking close to fp32 (Spearman on SmolLM2: onnx int8 0.998, gguf
 # q8_0 0.996 with smoothing; the 4-bit levels 0.989 and 0.978).
-DEFAULT_QUANT = {"onnx": "int8", "gguf": "q8_0"}
+DEFAULT_QUANT = {"onnx": "int8", "gguf": "q8_0", "openvino": "int8"}
 #: llama.cpp file type (llama_ftype name) of each GGUF level
 GGUF_FTYPES = {
     "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
@@ -71,13 +74,13 @@ GGUF_HEAD_TYPES = {"q8_0": "GGML_TYPE_F16", "q4_k_m": "GGML_TYPE_Q8_0", "q4_lora
 ONNX_BLOCK_SIZE = 32
 #: torch precisions the bench measures (fp16 is left out: CPUs have no fast fp16 matmul)
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-#: backends that take --dtype: their bench variants are TORCH_DTYPES precisions, not exported quant levels
-#: (openvino runs the onnx fp32 artifact at that precision)
+#: backends that take --dtype: their bench variants are TORCH_DTYPES precisions (openvino-fp32/bf16 run the onnx fp32
+#: artifact at that precision), or an exported level of their own (openvino-int8, float parts at the auto dtype)
 DTYPE_BACKENDS = ("torch", "openvino")
 #: every backend-level variant the bench knows, in report order
 BENCH_FORMATS = tuple(f"torch-{d}" for d in TORCH_DTYPES) + tuple(
     f"{fmt}-{q}" for fmt in ("onnx", "gguf") for q in QUANTS[fmt] if q != "fp16"
-) + tuple(f"openvino-{d}" for d in TORCH_DTYPES)
+) + tuple(f"openvino-{d}" for d in (*TORCH_DTYPES, *QUANTS["openvino"]))
 
 # ---- architectures ----------------------------------------------------------------------------------------
 #: transformers architecture -> gguf-py MODEL_ARCH name, for the GGUF exporter
@@ -95,3 +98,10 @@ ONNX_PREFIX_OUTPUT_NAMES = ("present_keys", "present_values")
 #: and mask [batch, S] int64 (positions continue at P) -> score [batch] float32
 ONNX_SUFFIX_MODEL_FILENAME = "suffix.onnx"
 ONNX_SUFFIX_INPUT_NAMES = ("past_keys", "past_values", "suffix_ids", "suffix_mask")
+
+# ---- OpenVINO IR artifact (a folder; same graph inputs and outputs as the ONNX artifact) ------------------
+#: the ONNX graph each IR graph is made from -> its IR file
+OPENVINO_GRAPH_FILENAMES = {ONNX_MODEL_FILENAME: "model.xml", ONNX_PREFIX_MODEL_FILENAME: "prefix.xml",
+                            ONNX_SUFFIX_MODEL_FILENAME: "suffix.xml"}
+#: the one weights file all three IR graphs read (each distinct constant stored once)
+OPENVINO_WEIGHTS_FILENAME = "model.bin"

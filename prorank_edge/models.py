@@ -21,6 +21,8 @@ from .formats import (
     GGUF_SUFFIX,
     MERGED_ADAPTER_FOLDER,
     ONNX_MODEL_FILENAME,
+    OPENVINO_GRAPH_FILENAMES,
+    OPENVINO_WEIGHTS_FILENAME,
 )
 from .staging import staged
 
@@ -38,8 +40,8 @@ _COMPLETE_MARKER = ".prorank-complete"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model: `kind` is what it is, "torch", "onnx" or "gguf", and names its default backend (an
-    "onnx" artifact is also read by the openvino backend)."""
+    """A resolved model: `kind` is what it is, "torch", "onnx", "openvino" or "gguf", and names its default
+    backend (an "onnx" artifact is also read by the openvino backend)."""
 
     kind: str
     path: Path
@@ -60,16 +62,20 @@ def detect_kind(path: Path) -> str:
             return "gguf"
         if path.suffix == ".onnx":
             return "onnx"
+        if path.name == OPENVINO_GRAPH_FILENAMES[ONNX_MODEL_FILENAME]:
+            return "openvino"
         raise ProrankError(f"{path}: not a model file (expected a .gguf or .onnx file, or a model folder)")
     if (path / ONNX_MODEL_FILENAME).is_file():
         return "onnx"
+    if (path / OPENVINO_GRAPH_FILENAMES[ONNX_MODEL_FILENAME]).is_file():
+        return "openvino"
     if (path / CHECKPOINT_CONFIG_FILENAME).is_file():
         return "torch"
     if len([p for p in path.glob("*" + GGUF_SUFFIX) if not p.name.endswith(GGUF_LORA_SUFFIX)]) == 1:
         return "gguf"
     raise ProrankError(
         f"{path}: no model found in this folder (expected config.json for a transformers checkpoint, "
-        "model.onnx for an ONNX export, or a single .gguf file)"
+        "model.onnx for an ONNX export, model.xml for an OpenVINO export, or a single .gguf file)"
     )
 
 
@@ -111,7 +117,8 @@ def download_from_hub(repo_id: str) -> Path:
     how = "pass a local model folder or artifact with --model PATH, or leave --model out to use the built-in default"
     try:
         return Path(snapshot_download(repo_id, allow_patterns=[
-            "*.json", "*.safetensors", "*.txt", "*.model", "*.onnx", "*.onnx_data", "*.onnx.data", "*.gguf", "*.jinja"
+            "*.json", "*.safetensors", "*.txt", "*.model", "*.onnx", "*.onnx_data", "*.onnx.data", "*.gguf", "*.jinja",
+            *OPENVINO_GRAPH_FILENAMES.values(), OPENVINO_WEIGHTS_FILENAME,
         ]))
     except GatedRepoError:
         raise ModelNotFoundError(f"{repo_id}: this Hub model is gated; log in with `hf auth login` first") from None

@@ -38,8 +38,8 @@ class Reranker:
 
     model: a local checkpoint folder, an exported artifact (.onnx folder or .gguf file), a Hugging Face Hub
         id (e.g. mixedbread-ai/mxbai-rerank-base-v2), or None for the built-in default.
-    backend: "auto" (picked from the model), "torch", "onnx", "gguf", or "openvino" (an ONNX artifact run by
-        OpenVINO: bf16 on CPUs with AMX or AVX-512 BF16).
+    backend: "auto" (picked from the model), "torch", "onnx", "gguf", or "openvino" (an OpenVINO int8 artifact,
+        or an ONNX artifact run by OpenVINO: bf16 on CPUs with AMX or AVX-512 BF16).
     device: "auto", "cpu", "cuda", "cuda:N".
     max_length: whole prompt length in tokens, template included (default: the model's contract, 512).
     prefix_cache: compute the prompt prefix that a query's candidates share (system prompt, instruction,
@@ -52,8 +52,8 @@ class Reranker:
                  threads: int | None = None, prefix_cache: bool = True, **backend_options):
         self.source: ModelSource = resolve_model(model)
         name = self.source.kind if backend in (None, "auto") else backend
-        if reads(name) != self.source.kind:
-            others = " or ".join(n for n in BACKEND_NAMES if reads(n) == self.source.kind)
+        if self.source.kind not in reads(name):
+            others = " or ".join(n for n in BACKEND_NAMES if self.source.kind in reads(n))
             raise ProrankError(
                 f"{self.source.path}: this is a {self.source.kind} model; the {name} backend cannot read it "
                 f"(use --backend {others} or auto)"

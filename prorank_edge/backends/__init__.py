@@ -15,8 +15,9 @@ _REGISTRY = {
     "gguf": ("prorank_edge.backends.gguf_backend", "GgufBackend", ("llama_cpp",), "gguf"),
     "openvino": ("prorank_edge.backends.openvino_backend", "OpenVinoBackend", ("openvino",), "openvino"),
 }
-# The kind of model each backend reads (models.detect_kind); openvino runs the ONNX artifacts onnxruntime runs.
-_READS = {"torch": "torch", "onnx": "onnx", "gguf": "gguf", "openvino": "onnx"}
+# The kinds of model each backend reads (models.detect_kind), the first being the one it is picked for by auto;
+# openvino also runs the ONNX artifacts onnxruntime runs.
+_READS = {"torch": ("torch",), "onnx": ("onnx",), "gguf": ("gguf",), "openvino": ("openvino", "onnx")}
 
 BACKEND_NAMES = tuple(_REGISTRY)
 
@@ -29,9 +30,9 @@ def is_available(name: str) -> bool:
     )
 
 
-def reads(name: str) -> str:
-    """The model kind backend `name` reads."""
-    return _READS.get(name, name)
+def reads(name: str) -> tuple[str, ...]:
+    """The model kinds backend `name` reads."""
+    return _READS.get(name, (name,))
 
 
 def available_backends() -> list[str]:

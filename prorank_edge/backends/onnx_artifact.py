@@ -1,5 +1,6 @@
-"""An exported ONNX artifact's files, read and checked once for every engine that runs them (onnxruntime,
-OpenVINO). Plain Python and numpy: neither engine is imported here."""
+"""An exported artifact's files, read and checked once for every engine that runs them: an ONNX artifact
+(onnxruntime, OpenVINO) or an OpenVINO IR artifact (OpenVINO; the same graphs, inputs and outputs). Plain Python
+and numpy: neither engine is imported here."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from ..formats import (
     ONNX_PREFIX_MODEL_FILENAME,
     ONNX_SUFFIX_INPUT_NAMES,
     ONNX_SUFFIX_MODEL_FILENAME,
+    OPENVINO_GRAPH_FILENAMES,
+    OPENVINO_WEIGHTS_FILENAME,
     TOKENIZER_FILENAME,
 )
 from .base import CPU_CALL_COST_TOKENS, ScoringBackend
@@ -34,6 +37,8 @@ class OnnxArtifact:
     export_info: dict
     #: (prefix.onnx, suffix.onnx) when the artifact has the prefix reuse graphs; None: whole prompts only
     reuse_files: tuple[Path, Path] | None
+    #: "onnx", or "openvino" for IR graphs (model.xml, prefix.xml, suffix.xml) sharing one model.bin
+    kind: str = "onnx"
 
     @property
     def folder(self) -> Path:
@@ -42,6 +47,8 @@ class OnnxArtifact:
     def check_reuse_weights(self) -> None:
         """The reuse graphs read their weights inside model.onnx: a model.onnx rewritten since export would give
         them wrong weights. Called once model.onnx itself has loaded, so a broken file is named as broken."""
+        if self.kind != "onnx":  # each IR graph names its constants' offsets in model.bin itself
+            return
         recorded = (self.export_info.get("prefix_reuse") or {}).get("weights_fingerprint")
         if self.reuse_files and recorded is not None and recorded != weights_fingerprint(self.folder):
             raise ProrankError(f"{self.folder}: {ONNX_MODEL_FILENAME} has changed since export, and "
@@ -50,33 +57,43 @@ class OnnxArtifact:
                                "whole prompts")
 
 
-def read_artifact(model_path: str | Path, contract: ScoringContract | None = None) -> OnnxArtifact:
+def read_artifact(model_path: str | Path, contract: ScoringContract | None = None,
+                  ir: bool = False) -> OnnxArtifact:
     """model.onnx (or the given .onnx file), its tokenizer and contract, and the reuse graphs if both are there;
-    every missing or stale file raises one line naming it."""
+    every missing or stale file raises one line naming it. ir: a folder with model.xml (OpenVINO IR) is read
+    too, its graphs in place of the .onnx ones."""
     from tokenizers import Tokenizer
 
     path = Path(model_path)
-    model_file = path if path.is_file() else path / ONNX_MODEL_FILENAME
+    names = {name: name for name in (ONNX_MODEL_FILENAME, ONNX_PREFIX_MODEL_FILENAME, ONNX_SUFFIX_MODEL_FILENAME)}
+    kind = "onnx"
+    if ir and (path.suffix == ".xml" or path.is_dir() and not (path / ONNX_MODEL_FILENAME).is_file()
+                                           and (path / OPENVINO_GRAPH_FILENAMES[ONNX_MODEL_FILENAME]).is_file()):
+        names, kind = OPENVINO_GRAPH_FILENAMES, "openvino"
+    model_file = path if path.is_file() else path / names[ONNX_MODEL_FILENAME]
     folder = model_file.parent
     if not model_file.is_file():
-        raise ProrankError(f"{model_file}: no such ONNX model file")
+        raise ProrankError(f"{model_file}: no such {'ONNX' if kind == 'onnx' else 'OpenVINO'} model file")
+    if kind == "openvino" and not (folder / OPENVINO_WEIGHTS_FILENAME).is_file():
+        raise ProrankError(f"{folder / OPENVINO_WEIGHTS_FILENAME}: missing; the OpenVINO graphs read their weights "
+                           "from it")
     tokenizer_file = folder / TOKENIZER_FILENAME
     if not tokenizer_file.is_file():
-        raise ProrankError(f"{tokenizer_file}: missing; an ONNX artifact needs its tokenizer beside model.onnx")
+        raise ProrankError(f"{tokenizer_file}: missing; an artifact needs its tokenizer beside {model_file.name}")
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
     except Exception as exc:  # the Rust loader raises a bare Exception
         raise ProrankError(f"{tokenizer_file}: cannot read this tokenizer ({exc})") from None
     export_info = _read_export_info(folder / ONNX_EXPORT_INFO_FILENAME)
     # Prefix reuse needs both graphs; an artifact exported before them has neither and scores whole prompts.
-    reuse = (folder / ONNX_PREFIX_MODEL_FILENAME, folder / ONNX_SUFFIX_MODEL_FILENAME)
+    reuse = (folder / names[ONNX_PREFIX_MODEL_FILENAME], folder / names[ONNX_SUFFIX_MODEL_FILENAME])
     present = [f.is_file() for f in reuse]
     if any(present) and not all(present):
         missing = reuse[present.index(False)]
-        raise ProrankError(f"{missing}: missing; the prefix reuse graphs {ONNX_PREFIX_MODEL_FILENAME} and "
-                           f"{ONNX_SUFFIX_MODEL_FILENAME} come as a pair (delete both to score without reuse)")
+        raise ProrankError(f"{missing}: missing; the prefix reuse graphs {reuse[0].name} and {reuse[1].name} come "
+                           "as a pair (delete both to score without reuse)")
     return OnnxArtifact(model_file, tokenizer, contract or ScoringContract.load(folder), export_info,
-                        reuse if all(present) else None)
+                        reuse if all(present) else None, kind)
 
 
 def weights_fingerprint(folder: Path) -> dict:
