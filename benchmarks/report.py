@@ -76,7 +76,9 @@ def markdown_report(report: dict) -> str:
                   "Share of peak: 2 x matmul parameters x computed tokens/s over the measured fp32 GEMM rate. "
                   "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
                   "over queries. x torch bf16 / fp32: docs/s over that variant's, same run. openvino-fp32/bf16: "
-                  "the openvino backend (the toolkit path, prefix cache on) on the onnx-fp32 artifact. "
+                  "the openvino backend (the toolkit path, prefix cache on) on the onnx-fp32 artifact; openvino-int8: "
+                  "the same backend on the OpenVINO int8 artifact (export --format openvino, calibrated on the "
+                  "dataset's train queries where it has them), float parts at the auto precision. "
                   "openvino-bare-*: bare OpenVINO on that artifact's model.onnx, same token ids and batches, "
                   "whole prompts (no prefix cache), at that inference precision."]
     bare_rows = [[r["name"], r["bare_engine"]["engine"], _fmt(r["bare_engine"]["docs_per_s"]),

@@ -1,7 +1,7 @@
 """Export an ONNX scoring artifact to OpenVINO IR with 8-bit weights and activations (`export --format openvino`).
 
 The onnx fp32 artifact's three graphs (model.onnx, prefix.onnx, suffix.onnx) are each converted to OpenVINO IR
-and quantized by NNCF (static int8: per-channel weights, per-tensor activations calibrated on built-in pairs),
+and quantized by NNCF (static int8: per-channel weights, per-tensor activations calibrated on built-in texts),
 so OpenVINO's CPU plugin runs their projections on integer dot-product kernels (VNNI / AMX-INT8 / ARM dotprod).
 What stays float, by measurement on the built-in model (round 5, 256-token prompts, 10 held-out SciFact dev
 queries x BM25 top 20, per-query Spearman against OpenVINO f32; benchmarks/results/openvino_int8_probe/):
@@ -32,7 +32,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -75,7 +74,7 @@ def export_openvino(source: str | Path, output_dir: str | Path, quant: str = "in
                     alpha: float = OPENVINO_SMOOTHING_ALPHA) -> dict:
     """An OpenVINO int8 artifact folder from a transformers checkpoint or an onnx fp32 artifact; returns its
     export_info. calibration_pairs: (query, document) pairs for the smoothing and activation ranges (default:
-    the built-in pairs, export/parity.py; never the split you report)."""
+    parity.builtin_calibration_pairs; never the split you report)."""
     from .onnx_export import _refuse_existing, _staging_folder, export_onnx
 
     if quant not in QUANTS["openvino"]:
@@ -83,30 +82,30 @@ def export_openvino(source: str | Path, output_dir: str | Path, quant: str = "in
     _require_nncf()
     source, output_dir = Path(source), Path(output_dir)
     _refuse_existing(output_dir, overwrite)
+    if not (source / ONNX_MODEL_FILENAME).is_file() and not (source / "config.json").is_file():
+        raise ProrankError(f"{source}: neither a transformers checkpoint (config.json) nor an ONNX artifact "
+                           f"({ONNX_MODEL_FILENAME})")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".openvino-export-", dir=output_dir.parent) as work:
-        work = Path(work)
-        if (source / ONNX_MODEL_FILENAME).is_file():
-            onnx_dir = source
-        elif (source / "config.json").is_file():
+    # Intermediate files live inside the staging folder, so an export that is stopped leaves nothing behind.
+    with _staging_folder(output_dir, overwrite) as staging:
+        work = staging / ".work"
+        work.mkdir()
+        onnx_dir = source
+        if not (source / ONNX_MODEL_FILENAME).is_file():
             onnx_dir = work / "onnx-fp32"
             export_onnx(source, onnx_dir, quant="fp32")
-        else:
-            raise ProrankError(f"{source}: neither a transformers checkpoint (config.json) nor an ONNX artifact "
-                               f"({ONNX_MODEL_FILENAME})")
         source_info = _fp32_artifact_info(onnx_dir)
-        with _staging_folder(output_dir, overwrite) as staging:
-            info = _quantize_artifact(onnx_dir, staging, work, calibration_pairs, alpha)
-            for name in (TOKENIZER_FILENAME, CONTRACT_FILENAME):
-                shutil.copyfile(onnx_dir / name, staging / name)
-            kept = ("source_model", "architecture", "parameters", "max_length", "positive_token_id",
-                    "negative_token_id")
-            info = {**{k: source_info[k] for k in kept if k in source_info}, "format": "openvino", "quant": quant,
-                    "source_artifact": str(onnx_dir.resolve()) if onnx_dir == source else None, **info,
-                    "export_seconds": round(time.perf_counter() - started, 1), "prorank_edge_version": __version__,
-                    "openvino_version": _version("openvino"), "nncf_version": _version("nncf")}
-            info["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
-            (staging / ONNX_EXPORT_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        info = _quantize_artifact(onnx_dir, staging, work, calibration_pairs, alpha)
+        for name in (TOKENIZER_FILENAME, CONTRACT_FILENAME):
+            shutil.copyfile(onnx_dir / name, staging / name)
+        shutil.rmtree(work)
+        kept = ("source_model", "architecture", "parameters", "max_length", "positive_token_id", "negative_token_id")
+        info = {**{k: source_info[k] for k in kept if k in source_info}, "format": "openvino", "quant": quant,
+                "source_artifact": str(onnx_dir.resolve()) if onnx_dir == source else None, **info,
+                "export_seconds": round(time.perf_counter() - started, 1), "prorank_edge_version": __version__,
+                "openvino_version": _version("openvino"), "nncf_version": _version("nncf")}
+        info["files"] = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / ONNX_EXPORT_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     info["path"] = str(output_dir)
     return info
 
@@ -189,11 +188,11 @@ def _quantize_artifact(onnx_dir: Path, staging: Path, work: Path, pairs, alpha: 
     from ..backends.onnx_artifact import read_artifact, suffix_feed
     from .onnx_export import _load_borrowing_graph, _load_onnx, _save_onnx, onnx_feeds
     from .onnx_int8 import calibrate, channel_factors
-    from .parity import builtin_pairs
+    from .parity import builtin_calibration_pairs
 
     artifact = read_artifact(onnx_dir)
     prompts = PromptBuilder(artifact.tokenizer, artifact.contract)
-    pairs = list(pairs or builtin_pairs())
+    pairs = list(pairs or builtin_calibration_pairs())
     by_query: dict[str, list[str]] = {}
     for query, document in pairs:
         by_query.setdefault(query, []).append(document)
@@ -250,7 +249,7 @@ def _quantize_artifact(onnx_dir: Path, staging: Path, work: Path, pairs, alpha: 
     return {"openvino": {"graphs": quantized, "weights_bytes_saved_by_sharing": shared,
                          "smoothing_alpha": alpha, "smoothed_matmuls": len(keys),
                          "calibration": f"{len(pairs)} pairs of {len(rows)} queries"
-                         + (" (built-in pairs, export/parity.py)" if pairs == list(builtin_pairs()) else "")}}
+                         + (" (built-in, export/parity.py)" if pairs == builtin_calibration_pairs() else "")}}
 
 
 def _quantize_graph(model, items: list[dict], keep_float: list[str]):
