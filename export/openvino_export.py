@@ -75,7 +75,7 @@ def export_openvino(source: str | Path, output_dir: str | Path, quant: str = "in
     """An OpenVINO int8 artifact folder from a transformers checkpoint or an onnx fp32 artifact; returns its
     export_info. calibration_pairs: (query, document) pairs for the smoothing and activation ranges (default:
     parity.builtin_calibration_pairs; never the split you report)."""
-    from .onnx_export import _refuse_existing, _staging_folder, export_onnx
+    from .onnx_export import _refuse_existing, _staging_folder, _version, export_onnx
 
     if quant not in QUANTS["openvino"]:
         raise ProrankError(f"unknown openvino level {quant!r}; choose one of: {', '.join(QUANTS['openvino'])}")
@@ -214,40 +214,33 @@ def _quantize_artifact(onnx_dir: Path, staging: Path, work: Path, pairs, alpha: 
         _save_onnx(smooth(main, factors, keys), smoothed[name])
         main = None
     core = ov.Core()
-    # Calibration inputs per graph: whole prompts; each query's prefix; each document's suffix on the prefix's
-    # keys/values from the smoothed fp32 prefix graph. Only model.onnx's set sets activation ranges (see
-    # _set_activation_ranges); the others need valid inputs for NNCF to place its quantizers.
-    prefix_request = core.compile_model(str(smoothed[ONNX_PREFIX_MODEL_FILENAME]), "CPU",
-                                        {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
-    items = {ONNX_MODEL_FILENAME: [], ONNX_PREFIX_MODEL_FILENAME: [], ONNX_SUFFIX_MODEL_FILENAME: []}
-    for group in rows:
-        cut = shared_prefix_length(group)
-        prefix = {ONNX_PREFIX_INPUT_NAME: np.asarray([group[0][:cut]], dtype=np.int64)}
-        items[ONNX_PREFIX_MODEL_FILENAME].append(prefix)
-        result = prefix_request.infer(prefix)
-        past = [np.array(result[name]) for name in ONNX_PREFIX_OUTPUT_NAMES]
-        for row in group:
-            items[ONNX_MODEL_FILENAME].append(dict(zip(ONNX_INPUT_NAMES, left_pad([row]))))
-            items[ONNX_SUFFIX_MODEL_FILENAME].append(suffix_feed(past, [row[cut:]]))
-    prefix_request = None
+    # Calibration: whole prompts through model.onnx set the activation ranges of all three graphs (see
+    # _set_activation_ranges); the reuse graphs need one valid input each, for NNCF to place the same quantizers:
+    # a prefix, and a suffix on that prefix's keys/values from the smoothed fp32 prefix graph.
+    items = {ONNX_MODEL_FILENAME: [dict(zip(ONNX_INPUT_NAMES, left_pad([row]))) for group in rows for row in group]}
+    cut = shared_prefix_length(rows[0])
+    prefix = {ONNX_PREFIX_INPUT_NAME: np.asarray([rows[0][0][:cut]], dtype=np.int64)}
+    result = core.compile_model(str(smoothed[ONNX_PREFIX_MODEL_FILENAME]), "CPU",
+                                {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer(prefix)
+    past = [np.array(result[name]) for name in ONNX_PREFIX_OUTPUT_NAMES]
+    items[ONNX_PREFIX_MODEL_FILENAME] = [prefix]
+    items[ONNX_SUFFIX_MODEL_FILENAME] = [suffix_feed(past, [rows[0][0][cut:]])]
 
     irs, quantized, ranges = work / "ir", {}, {}
     for name, path in smoothed.items():  # model.onnx first: its activation ranges are the others' too
-        # The reuse graphs take model.xml's ranges, so they need NNCF only to place the same quantizers.
-        calibration = items[name] if name == ONNX_MODEL_FILENAME else items[name][:1]
-        model, ignored = _quantize_graph(core.read_model(str(path)), calibration, keep_float[name])
+        model, ignored = _quantize_graph(core.read_model(str(path)), items[name], keep_float[name])
         if name == ONNX_MODEL_FILENAME:
             ranges = activation_ranges(model)
         else:
             _set_activation_ranges(model, ranges, name)
         xml = irs / OPENVINO_GRAPH_FILENAMES[name]
         ov.save_model(model, str(xml), compress_to_fp16=True)
-        quantized[name] = {"int8_weights": _count_int8_weights(xml), "float_matmuls": ignored,
-                           "calibration_items": len(items[ONNX_MODEL_FILENAME])}
+        quantized[name] = {"int8_weights": _count_int8_weights(xml), "float_matmuls": ignored}
     shared = _share_weights(irs, staging)
     _check_graphs(staging, prompts)
     return {"openvino": {"graphs": quantized, "weights_bytes_saved_by_sharing": shared,
                          "smoothing_alpha": alpha, "smoothed_matmuls": len(keys),
+                         "calibration_prompts": len(items[ONNX_MODEL_FILENAME]),
                          "calibration": f"{len(pairs)} pairs of {len(rows)} queries"
                          + (" (built-in, export/parity.py)" if pairs == builtin_calibration_pairs() else "")}}
 
@@ -374,12 +367,3 @@ def _check_graphs(staging: Path, prompts: PromptBuilder) -> None:
     if float(np.abs(whole - reused).max()) > _REUSE_TOLERANCE:
         raise ProrankError(f"{OPENVINO_GRAPH_FILENAMES[ONNX_SUFFIX_MODEL_FILENAME]}: the reuse graphs score "
                            f"{reused}, {OPENVINO_GRAPH_FILENAMES[ONNX_MODEL_FILENAME]} scores {whole}")
-
-
-def _version(package: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
