@@ -301,6 +301,10 @@ def _set_activation_ranges(model, ranges: dict[str, list[np.ndarray]], name: str
         if not known:
             raise ProrankError(f"{name}: a quantizer before {consumers[0]} has no counterpart in "
                                f"{ONNX_MODEL_FILENAME}'s graph")
+        # NNCF may share one quantizer among ops that model.xml quantizes apart: then no one range fits.
+        if any(not all(np.array_equal(a, b) for a, b in zip(known[0], other)) for other in known[1:]):
+            raise ProrankError(f"{name}: one quantizer feeds {', '.join(consumers)}, which "
+                               f"{ONNX_MODEL_FILENAME}'s graph quantizes with different ranges")
         for i, value in enumerate(known[0], start=1):
             fq.input(i).replace_source_output(opset13.constant(value).output(0))
 
