@@ -21,8 +21,8 @@ def _quant_help() -> str:
               help="Checkpoint folder or Hub id to convert (default: the built-in default model).")
 @click.option("--format", "fmt", type=click.Choice(list(QUANTS)), required=True,
               help="onnx: a folder (model.onnx, tokenizer.json, contract); openvino: a folder of OpenVINO IR "
-                   "graphs with 8-bit weights and activations (model.xml, model.bin, ...; run with --backend "
-                   "openvino); gguf: one self-contained .gguf file (q4_lora: plus NAME.lora.gguf beside it, which "
+                   "graphs with 8-bit weights and activations (model.xml, model.bin, ...; read by the openvino "
+                   "backend); gguf: one self-contained .gguf file (q4_lora: plus NAME.lora.gguf beside it, which "
                    "the .gguf names and needs).")
 @click.option("--quant", default=None, help=_quant_help() + " fp16 is for GPUs. gguf bf16: bf16 "
               "matrices, which llama.cpp multiplies natively on CPUs with AVX-512 BF16 or AMX (1.25-1.43x f16 on "
