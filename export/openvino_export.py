@@ -13,8 +13,10 @@ queries x BM25 top 20, per-query Spearman against OpenVINO f32; benchmarks/resul
 
 The rest (q, k, v, o, gate, up) is smoothed first (SmoothQuant, Xiao et al. 2023): input channel j divided by
 s_j and the weight's row j multiplied by it, with s calibrated once on model.onnx and written identically into
-all three graphs (NNCF's own smoothing would calibrate each graph on its own inputs: without smoothing 0.944).
-Identical smoothed weights quantize to identical int8 bytes, so the three IR files share one weights file:
+all three graphs (NNCF's own smoothing would calibrate each graph on its own inputs: without smoothing 0.944),
+and the prefix and suffix graphs take model.xml's activation ranges, so the three compute one function (prefix +
+suffix = whole prompt, checked at export). Identical smoothed weights quantize to identical int8 bytes, so the
+three IR files share one weights file:
 
     model.xml, prefix.xml, suffix.xml    the three graphs (same inputs and outputs as the onnx artifact)
     model.bin                             every graph's constants, each stored once
