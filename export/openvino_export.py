@@ -50,7 +50,6 @@ from ..formats import (
     ONNX_EXPORT_INFO_FILENAME,
     ONNX_INPUT_NAMES,
     ONNX_MODEL_FILENAME,
-    ONNX_OUTPUT_NAME,
     ONNX_PREFIX_INPUT_NAME,
     ONNX_PREFIX_MODEL_FILENAME,
     ONNX_PREFIX_OUTPUT_NAMES,
@@ -97,9 +96,9 @@ def export_openvino(source: str | Path, output_dir: str | Path, quant: str = "in
             onnx_dir = work / "onnx-fp32"
             export_onnx(source, onnx_dir, quant="fp32")
         source_info = _fp32_artifact_info(onnx_dir)
-        info = _quantize_artifact(onnx_dir, staging, work, calibration_pairs, alpha)
         for name in (TOKENIZER_FILENAME, CONTRACT_FILENAME):
             shutil.copyfile(onnx_dir / name, staging / name)
+        info = _quantize_artifact(onnx_dir, staging, work, calibration_pairs, alpha)
         shutil.rmtree(work)
         kept = ("source_model", "architecture", "parameters", "max_length", "positive_token_id", "negative_token_id")
         info = {**{k: source_info[k] for k in kept if k in source_info}, "format": "openvino", "quant": quant,
@@ -349,25 +348,21 @@ def _share_weights(irs: Path, staging: Path) -> int:
 # ---- checks ---------------------------------------------------------------------------------------------
 
 def _check_graphs(staging: Path, prompts: PromptBuilder) -> None:
-    """The three graphs load from the shared weights file and prefix + suffix score as model.xml does."""
-    import openvino as ov
+    """The finished folder loads in the openvino backend (three graphs, one shared weights file), and prefix +
+    suffix score as model.xml does."""
+    from ..backends.openvino_backend import OpenVinoBackend
 
-    from ..backends.onnx_artifact import suffix_feed
-    from ..backends.openvino_backend import read_ir
-
-    core = ov.Core()
-    requests = {name: core.compile_model(read_ir(core, staging / OPENVINO_GRAPH_FILENAMES[name]), "CPU",
-                                         {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
-                for name in OPENVINO_GRAPH_FILENAMES}
     ids = prompts.build("Which protein binds ATP?", ["Kinases transfer phosphate groups from ATP to substrates.",
                                                     "The river floods every spring.", "ATP " * 20])
     cut = shared_prefix_length(ids)
-    whole = np.asarray(requests[ONNX_MODEL_FILENAME].infer(dict(zip(ONNX_INPUT_NAMES, left_pad(ids))))[
-        ONNX_OUTPUT_NAME]).reshape(-1)
-    result = requests[ONNX_PREFIX_MODEL_FILENAME].infer({ONNX_PREFIX_INPUT_NAME: np.asarray([ids[0][:cut]])})
-    past = [np.array(result[name]) for name in ONNX_PREFIX_OUTPUT_NAMES]
-    reused = np.asarray(requests[ONNX_SUFFIX_MODEL_FILENAME].infer(suffix_feed(past, [r[cut:] for r in ids]))[
-        ONNX_OUTPUT_NAME]).reshape(-1)
+    backend = OpenVinoBackend(staging, dtype="float32")
+    try:
+        if not backend.reuses_prefix:  # else score_with_prefix would score whole prompts and prove nothing
+            raise ProrankError(f"{staging}: the prefix and suffix graphs were not written")
+        whole = backend.score_batch(ids)
+        reused = backend.score_with_prefix(ids[0][:cut], [r[cut:] for r in ids])
+    finally:
+        backend.close()
     if not (np.isfinite(whole).all() and np.isfinite(reused).all()):
         raise ProrankError(f"the quantized graphs score non-finite values (whole {whole}, prefix + suffix {reused})")
     if float(np.abs(whole - reused).max()) > _REUSE_TOLERANCE:
