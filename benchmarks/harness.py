@@ -10,6 +10,7 @@ Results go to bench.json, bench.md and bench.png (`report.py`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -465,22 +466,24 @@ def run_benchmark(model: str | None = None, data: str = "scifact", split: str = 
         "parameters": params, "systems": [], "errors": {},
     }
     bm25_row = summarize_bm25(bm25, workload, qrels, top_k)
-    calibrations: dict[str, tuple[str, list] | None] = {}
+    @functools.cache
+    def training_calibration() -> tuple[str, list] | None:
+        """(name, pairs) of the dataset's training queries, or None (built-in texts) where it has none; drawn once."""
+        from ..evaluation.beir import available_splits
+        from ..export.parity import beir_calibration_pairs
+
+        folder = resolve_beir(data)
+        found = (f"{beir.name}-{CALIBRATION_SPLIT}{CALIBRATION_QUERIES}",
+                 beir_calibration_pairs(str(folder), CALIBRATION_SPLIT, CALIBRATION_QUERIES)) \
+            if CALIBRATION_SPLIT in available_splits(folder) else None
+        report["settings"]["calibration"] = found[0] if found else "built-in"
+        return found
 
     def calibration(variant: Variant) -> tuple[str, list] | None:
-        """openvino-int8 calibrates on the dataset's training queries where it has them, else on built-in pairs."""
+        """openvino-int8 calibrates on the dataset's training queries where it has them, else on built-in texts."""
         if exported_as(variant).backend != "openvino" or split == CALIBRATION_SPLIT:
             return None
-        if "pairs" not in calibrations:
-            from ..evaluation.beir import available_splits
-            from ..export.parity import beir_calibration_pairs
-
-            folder = resolve_beir(data)
-            calibrations["pairs"] = (f"{beir.name}-{CALIBRATION_SPLIT}{CALIBRATION_QUERIES}",
-                                     beir_calibration_pairs(str(folder), CALIBRATION_SPLIT, CALIBRATION_QUERIES)) \
-                if CALIBRATION_SPLIT in available_splits(folder) else None
-            report["settings"]["calibration"] = calibrations["pairs"][0] if calibrations["pairs"] else "built-in"
-        return calibrations["pairs"]
+        return training_calibration()
 
     def save(final: bool) -> dict:
         # Written after every system, so a long run that is stopped early still leaves its results.
