@@ -198,7 +198,8 @@ def build_workload(data, model_dir: Path, top_k: int, max_queries: int | None, s
 # onnx r3: int4 of a merged checkpoint keeps its adapter's delta beside the 4-bit base (export/onnx_int4.py).
 # onnx r4: w8a8 rounds each matmul input with one QuantizeLinear per row (export/onnx_int8.py).
 # openvino r1: int8 IR made from the onnx fp32 artifact (export/openvino_export.py).
-EXPORT_REVISIONS = {"onnx": 4, "gguf": 3, "openvino": 1}
+# openvino r2: the smoothed int8 weights rounded by GPTQ (export/gptq.py).
+EXPORT_REVISIONS = {"onnx": 4, "gguf": 3, "openvino": 2}
 #: training queries of the bench's dataset that calibrate openvino-int8 (never the split it reports)
 CALIBRATION_SPLIT, CALIBRATION_QUERIES = "train", 16
 

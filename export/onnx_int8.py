@@ -74,9 +74,10 @@ def _constant_matmuls(model) -> list[tuple[int, object, np.ndarray]]:
     return found
 
 
-def calibrate(model_path: Path, feeds: Sequence[dict]) -> dict[str, dict]:
+def calibrate(model_path: Path, feeds: Sequence[dict], covariance: bool = False) -> dict[str, dict]:
     """Per-input-channel max |x| of every constant-weight MatMul's input, from onnxruntime runs of the fp32
-    graph on `feeds`; returns weight key -> {"x_max", "w_max" (max |W_j,:| over the weights sharing the input)}.
+    graph on `feeds`; returns weight key -> {"x_max", "w_max" (max |W_j,:| over the weights sharing the input)},
+    and with `covariance` "xtx": the sum of x x^T over the prompts' tokens (padding left out), float64 [K, K].
     """
     import onnx
     import onnxruntime as ort
@@ -93,11 +94,17 @@ def calibrate(model_path: Path, feeds: Sequence[dict]) -> dict[str, dict]:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x_max: dict[str, np.ndarray] = {}
+    xtx: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(inputs, session.run(inputs, feed)):
+            rows = value.reshape(-1, value.shape[-1])
             # Padding rows are real inputs of the kernel too: they are rounded with the rest.
-            m = np.abs(value).reshape(-1, value.shape[-1]).max(0)
+            m = np.abs(rows).max(0)
             x_max[name] = np.maximum(x_max[name], m) if name in x_max else m
+            if covariance:  # what the scores depend on: the prompts' own tokens
+                mask = np.asarray(feed["attention_mask"]).reshape(-1) == 1
+                real = (rows[mask] if len(mask) == len(rows) else rows).astype(np.float64)
+                xtx[name] = xtx.get(name, 0.0) + real.T @ real
     groups: dict[str, list[np.ndarray]] = {}
     for _, node, weight in matmuls:
         groups.setdefault(node.input[0], []).append(weight)
@@ -105,6 +112,8 @@ def calibrate(model_path: Path, feeds: Sequence[dict]) -> dict[str, dict]:
     for _, node, weight in matmuls:
         w_max = np.max([np.abs(w).max(1) for w in groups[node.input[0]]], axis=0)
         stats[weight_key(weight)] = {"x_max": x_max[node.input[0]], "w_max": w_max}
+        if covariance:
+            stats[weight_key(weight)]["xtx"] = xtx[node.input[0]]
     return stats
 
 

@@ -143,6 +143,47 @@ def test_three_graphs_share_one_weights_file(tiny_qwen2_onnx, openvino_int8):
     assert info["openvino"]["weights_bytes_saved_by_sharing"] > 0.9 * (folder / "model.bin").stat().st_size
 
 
+def test_nncf_keeps_the_gptq_rounded_weights(tiny_qwen2_onnx, openvino_int8):
+    """The IR's int8 weights are exactly GPTQ's steps, recomputed here from the same calibration: NNCF found them
+    on its grid and did not round them again (which would undo GPTQ without failing anything else)."""
+    import onnx
+    import openvino as ov
+
+    from prorank_edge.backends.onnx_artifact import read_artifact
+    from prorank_edge.contract import PromptBuilder
+    from prorank_edge.export.onnx_export import onnx_feeds
+    from prorank_edge.export.onnx_int8 import _constant_matmuls, calibrate, channel_factors, weight_key
+    from prorank_edge.export.openvino_export import OPENVINO_SMOOTHING_ALPHA, int8_matmuls, round_weights
+    from prorank_edge.export.parity import builtin_calibration_pairs
+
+    folder = openvino_int8(tiny_qwen2_onnx)
+    info = json.loads((folder / "export_info.json").read_text())["openvino"]
+    assert info["weight_rounding"] == "gptq" and info["gptq_error_vs_nearest"] < 1.0
+    artifact = read_artifact(tiny_qwen2_onnx)
+    prompts = PromptBuilder(artifact.tokenizer, artifact.contract)
+    by_query = {}
+    for query, document in builtin_calibration_pairs():
+        by_query.setdefault(query, []).append(document)
+    rows = [r for query, documents in by_query.items() for r in prompts.build(query, documents)]
+    model = onnx.load(str(tiny_qwen2_onnx / "model.onnx"))
+    keys, _ = int8_matmuls(model)
+    stats = calibrate(tiny_qwen2_onnx / "model.onnx", onnx_feeds(rows), covariance=True)
+    factors = channel_factors({k: v for k, v in stats.items() if k in keys}, alpha=OPENVINO_SMOOTHING_ALPHA,
+                              outlier_ratio=np.inf)
+    round_weights(model, factors, {k: v["xtx"] for k, v in stats.items() if k in keys})
+    weights = {weight_key(w): w for _, _, w in _constant_matmuls(model)}
+    ir = ov.Core().read_model(str(folder / "model.xml"), str(folder / "model.bin"))
+    stored = [np.array(op.get_data()) for op in ir.get_ordered_ops()
+              if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    moved = 0
+    for key, f in factors.items():
+        scale = np.abs(f["weight"]).max(0) / 127
+        steps = np.round(f["weight"] / scale).astype(np.int8)
+        assert any(np.array_equal(steps, s) for s in stored), key
+        moved += int((steps != np.round(weights[key] * f["scale"][:, None] / scale)).sum())
+    assert len(factors) == 12 and moved > 0  # GPTQ moved some weights off their nearest step
+
+
 def test_export_command_and_auto_backend(tiny_qwen2_dir, tmp_path):
     from click.testing import CliRunner
 
