@@ -96,14 +96,14 @@ def calibrate(model_path: Path, feeds: Sequence[dict], covariance: bool = False)
     x_max: dict[str, np.ndarray] = {}
     xtx: dict[str, np.ndarray] = {}
     for feed in feeds:
+        tokens = np.asarray(feed["attention_mask"]).reshape(-1) == 1 if covariance else None
         for name, value in zip(inputs, session.run(inputs, feed)):
             rows = value.reshape(-1, value.shape[-1])
             # Padding rows are real inputs of the kernel too: they are rounded with the rest.
             m = np.abs(rows).max(0)
             x_max[name] = np.maximum(x_max[name], m) if name in x_max else m
             if covariance:  # what the scores depend on: the prompts' own tokens
-                mask = np.asarray(feed["attention_mask"]).reshape(-1) == 1
-                real = (rows[mask] if len(mask) == len(rows) else rows).astype(np.float64)
+                real = (rows[tokens] if len(tokens) == len(rows) else rows).astype(np.float64)
                 xtx[name] = xtx.get(name, 0.0) + real.T @ real
     groups: dict[str, list[np.ndarray]] = {}
     for _, node, weight in matmuls:

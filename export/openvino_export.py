@@ -205,30 +205,44 @@ def smooth(model, factors: dict[str, dict], keys: set[str]):
     return model
 
 
+def calibration_rows(prompts: PromptBuilder, pairs: Sequence[tuple[str, str]]) -> list[list[list[int]]]:
+    """The calibration prompts' token ids, one group per query (a query's documents share its prompt prefix)."""
+    by_query: dict[str, list[str]] = {}
+    for query, document in pairs:
+        by_query.setdefault(query, []).append(document)
+    return [prompts.build(query, documents) for query, documents in by_query.items()]
+
+
+def calibrated_factors(model, model_file: Path, rows: list[list[list[int]]], alpha: float):
+    """(weight keys of the int8 MatMuls, their factors: smoothing scale and GPTQ-rounded smoothed weight, GPTQ's
+    output error against nearest rounding per weight), from whole prompts through the fp32 model.onnx; the three
+    graphs share them."""
+    from .onnx_export import onnx_feeds
+    from .onnx_int8 import calibrate, channel_factors
+
+    keys, _ = int8_matmuls(model)
+    stats = calibrate(model_file, onnx_feeds([r for group in rows for r in group]), covariance=True)
+    stats = {k: v for k, v in stats.items() if k in keys}
+    factors = channel_factors(stats, alpha=alpha, outlier_ratio=np.inf)
+    error_ratios = round_weights(model, factors, {k: v["xtx"] for k, v in stats.items()})
+    return keys, factors, error_ratios
+
+
 def _quantize_artifact(onnx_dir: Path, staging: Path, work: Path, pairs, alpha: float) -> dict:
     """The three IR files and their shared weights file in `staging`; returns what export_info records."""
     import openvino as ov
 
     from ..backends.onnx_artifact import read_artifact, suffix_feed
-    from .onnx_export import _load_borrowing_graph, _load_onnx, _save_onnx, onnx_feeds
-    from .onnx_int8 import calibrate, channel_factors
+    from .onnx_export import _load_borrowing_graph, _load_onnx, _save_onnx
     from .parity import builtin_calibration_pairs
 
     artifact = read_artifact(onnx_dir)
     prompts = PromptBuilder(artifact.tokenizer, artifact.contract)
     pairs = list(pairs or builtin_calibration_pairs())
-    by_query: dict[str, list[str]] = {}
-    for query, document in pairs:
-        by_query.setdefault(query, []).append(document)
-    rows = [prompts.build(query, documents) for query, documents in by_query.items()]
+    rows = calibration_rows(prompts, pairs)
 
-    # Smoothing factors and rounded weights from whole prompts through the fp32 model.onnx, shared by all three.
     main = _load_onnx(artifact.model_file)
-    keys, _ = int8_matmuls(main)
-    stats = calibrate(artifact.model_file, onnx_feeds([r for group in rows for r in group]), covariance=True)
-    factors = channel_factors({k: v for k, v in stats.items() if k in keys}, alpha=alpha, outlier_ratio=np.inf)
-    error_ratios = round_weights(main, factors, {k: v["xtx"] for k, v in stats.items() if k in keys})
-    stats = None
+    keys, factors, error_ratios = calibrated_factors(main, artifact.model_file, rows, alpha)
     # One graph in memory at a time: a Qwen2.5-0.5B graph is 2 GB in fp32.
     keep_float, smoothed = {}, {}
     for name in (ONNX_MODEL_FILENAME, ONNX_PREFIX_MODEL_FILENAME, ONNX_SUFFIX_MODEL_FILENAME):

@@ -151,26 +151,17 @@ def test_nncf_keeps_the_gptq_rounded_weights(tiny_qwen2_onnx, openvino_int8):
 
     from prorank_edge.backends.onnx_artifact import read_artifact
     from prorank_edge.contract import PromptBuilder
-    from prorank_edge.export.onnx_export import onnx_feeds
-    from prorank_edge.export.onnx_int8 import _constant_matmuls, calibrate, channel_factors, weight_key
-    from prorank_edge.export.openvino_export import OPENVINO_SMOOTHING_ALPHA, int8_matmuls, round_weights
+    from prorank_edge.export.onnx_int8 import _constant_matmuls, weight_key
+    from prorank_edge.export.openvino_export import OPENVINO_SMOOTHING_ALPHA, calibrated_factors, calibration_rows
     from prorank_edge.export.parity import builtin_calibration_pairs
 
     folder = openvino_int8(tiny_qwen2_onnx)
     info = json.loads((folder / "export_info.json").read_text())["openvino"]
     assert info["weight_rounding"] == "gptq" and info["gptq_error_vs_nearest"] < 1.0
     artifact = read_artifact(tiny_qwen2_onnx)
-    prompts = PromptBuilder(artifact.tokenizer, artifact.contract)
-    by_query = {}
-    for query, document in builtin_calibration_pairs():
-        by_query.setdefault(query, []).append(document)
-    rows = [r for query, documents in by_query.items() for r in prompts.build(query, documents)]
+    rows = calibration_rows(PromptBuilder(artifact.tokenizer, artifact.contract), builtin_calibration_pairs())
     model = onnx.load(str(tiny_qwen2_onnx / "model.onnx"))
-    keys, _ = int8_matmuls(model)
-    stats = calibrate(tiny_qwen2_onnx / "model.onnx", onnx_feeds(rows), covariance=True)
-    factors = channel_factors({k: v for k, v in stats.items() if k in keys}, alpha=OPENVINO_SMOOTHING_ALPHA,
-                              outlier_ratio=np.inf)
-    round_weights(model, factors, {k: v["xtx"] for k, v in stats.items() if k in keys})
+    _, factors, _ = calibrated_factors(model, tiny_qwen2_onnx / "model.onnx", rows, OPENVINO_SMOOTHING_ALPHA)
     weights = {weight_key(w): w for _, _, w in _constant_matmuls(model)}
     ir = ov.Core().read_model(str(folder / "model.xml"), str(folder / "model.bin"))
     stored = [np.array(op.get_data()) for op in ir.get_ordered_ops()
