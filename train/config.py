@@ -37,6 +37,11 @@ class DataConfig:
     #: on the dev queries it ranks such documents, when not relevant, at percentile 0.65 among the non-relevant
     #: candidates (BM25: 0.51) and above a positive 14% of the time (other negatives: 7%)
     other_query_positives: int = 0
+    #: adds up to this many groups made from the corpus itself (weak supervision, no qrels read): a document's last
+    #: sentence (a SciFact abstract's conclusion reads like a claim) is the query, the document without that
+    #: sentence its positive, and `hard_negatives` of BM25's top `bm25_depth` for that sentence its negatives.
+    #: Every document can be such a positive, unlike the few hundred judged ones a document prior is learnt from
+    pseudo_queries: int = 0
     #: training queries held out from both stages (never the test split)
     dev_queries: int = 100
     #: how many of them the periodic dev nDCG@10 reranks (a subset keeps evaluation cheap)
@@ -279,6 +284,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if config.data.other_query_positives < 0:
         raise ConfigError(f"data.other_query_positives: expected 0 (off) or a count, got "
                           f"{config.data.other_query_positives}")
+    if config.data.pseudo_queries < 0:
+        raise ConfigError(f"data.pseudo_queries: expected 0 (off) or a count, got {config.data.pseudo_queries}")
+    if config.data.pseudo_queries and config.data.jsonl is not None:
+        raise ConfigError("data.pseudo_queries reads a BEIR corpus (data.beir); a JSONL has no corpus")
     if config.data.other_query_positives and config.data.jsonl is not None:
         raise ConfigError("data.other_query_positives reads BEIR qrels (data.beir); a JSONL gives its own negatives")
     stage2 = config.stage2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def from_beir(data, config: DataConfig, seed: int = 0, retriever=None) -> Traini
         negatives = [Passage(text(d), 0.0, d) for d in hard + randoms]
         groups.append(QueryGroup(qid, data.queries[qid], positives, negatives))
 
+    if config.pseudo_queries:
+        groups += pseudo_query_groups(data, config, rng, retriever)
+
     dev = [
         DevQuery(qid, data.queries[qid],
                  [Passage(text(d), float(data.qrels[qid].get(d, 0)), d) for d in bm25[qid][: config.dev_top_k]],
@@ -143,6 +147,57 @@ def from_beir(data, config: DataConfig, seed: int = 0, retriever=None) -> Traini
         for qid in dev_ids
     ]
     return TrainingData(groups, dev)
+
+
+# A sentence ends at . ! or ? followed by space and a capital, digit or bracket ("p = 0.016)." stays whole).
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+# What makes a conclusion read unlike a claim: PubMed's truncation mark, a structured abstract's section label
+# and the opening discourse words.
+_TRUNCATION_MARK = re.compile(r"\s*\(ABSTRACT TRUNCATED[^)]*\)\s*$", re.IGNORECASE)
+_CONCLUSION_OPENING = re.compile(
+    r"^(?:(?:CONCLUSIONS?|INTERPRETATION)\s+)?"
+    r"(?i:(?:in (?:conclusion|summary)|thus|therefore|taken together|together|overall|collectively),\s+"
+    r"|we conclude that\s+|(?:these|our) (?:results|data|findings) (?:suggest|show|indicate|demonstrate) that\s+)?")
+
+# Structured abstracts can end in back matter rather than a finding ("FUNDING The Bill and Melinda Gates ...").
+_BACK_MATTER = re.compile(r"^(?:FUNDING|TRIAL REGISTRATION|REGISTRATION|CLINICAL TRIAL|TRIAL)\b")
+
+
+def _claim_like(sentence: str) -> str:
+    claim = _CONCLUSION_OPENING.sub("", _TRUNCATION_MARK.sub("", sentence))
+    first = claim.split(" ", 1)[0]
+    return claim[:1].upper() + claim[1:] if first[1:] == first[1:].lower() else claim  # "mtDNA" stays
+
+
+def pseudo_query_groups(data, config: DataConfig, rng: random.Random, retriever) -> list[QueryGroup]:
+    """Groups from the corpus alone (an inverse cloze task, Lee et al. 2019): for documents in a seeded order,
+    the last sentence of a text of at least 4 sentences, without its opening discourse words ("In conclusion,",
+    "These results suggest that"), is the query when it keeps 6-40 words; the title and the other sentences
+    are the positive, so the query's words are not simply copied from it, and the negatives are
+    drawn from BM25's top `bm25_depth` for that sentence, the source document excluded. No judgment is read.
+    """
+    sources = []
+    doc_ids = sorted(data.corpus)
+    rng.shuffle(doc_ids)
+    for doc_id in doc_ids:
+        if len(sources) == config.pseudo_queries:
+            break
+        document = data.corpus[doc_id]
+        sentences = _SENTENCE_BREAK.split(_TRUNCATION_MARK.sub("", document.text.strip()))
+        query = _claim_like(sentences[-1])
+        if len(sentences) < 4 or not 6 <= len(query.split()) <= 40 or _BACK_MATTER.match(query):
+            continue
+        rest = " ".join(sentences[:-1])
+        sources.append((doc_id, query, f"{document.title} {rest}" if document.title else rest))
+    hits, _ = retriever.retrieve([query for _, query, _ in sources], config.bm25_depth + 1)
+    groups = []
+    for (doc_id, query, positive), ranked in zip(sources, hits):
+        pool = [d for d in ranked if d != doc_id][: config.bm25_depth]
+        negatives = rng.sample(pool, min(config.hard_negatives, len(pool)))
+        if negatives:
+            groups.append(QueryGroup(f"pseudo:{doc_id}", query, [Passage(positive, 1.0, doc_id)],
+                                     [Passage(data.corpus[d].full_text, 0.0, d) for d in negatives]))
+    return groups
 
 
 # ---- users' JSONL --------------------------------------------------------------------------------------

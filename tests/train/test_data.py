@@ -108,3 +108,47 @@ def test_other_query_positives_config_errors():
         load_config(None, ["data.beir=x", "data.other_query_positives=-1"])
     with pytest.raises(ConfigError, match="other_query_positives reads BEIR qrels"):
         load_config(None, ["data.jsonl=x.jsonl", "data.other_query_positives=2"])
+
+
+def test_pseudo_queries_are_a_documents_last_sentence_with_the_rest_as_positive(tmp_path):
+    """data.pseudo_queries: weak supervision from the corpus. The query is a document's last sentence, the
+    positive is the title and the other sentences (never the query's sentence itself), the source document is
+    never a negative, documents of fewer than 4 sentences are skipped, and 0 builds exactly the groups of before."""
+    pytest.importorskip("bm25s")
+    from prorank_edge.evaluation.beir import load_beir
+
+    root = write_topics_beir(tmp_path / "beir")
+    with (root / "corpus.jsonl").open("a") as corpus:
+        for t, topic in enumerate(["moths fly", "seals dive", "wolves howl"]):
+            text = (f"We studied {topic} at night. The count was 4.5 per hour (p = 0.01). Results varied by site. "
+                    f"These results show that {topic} more often when the moon is full. "
+                    "(ABSTRACT TRUNCATED AT 250 WORDS)")
+            corpus.write(json.dumps({"_id": f"long{t}", "title": f"On {topic}", "text": text}) + "\n")
+        corpus.write(json.dumps({"_id": "short", "title": "x", "text": "One. Two. Three words here now."}) + "\n")
+    data = load_beir(root, "train")
+    base = dict(hard_negatives=3, bm25_depth=40, dev_queries=2, dev_top_k=5)
+    plain = from_beir(data, DataConfig(**base), seed=1)
+    with_pseudo = from_beir(data, DataConfig(**base, pseudo_queries=10), seed=1)
+    assert [(g.query, [n.doc_id for n in g.negatives]) for g in with_pseudo.groups[: len(plain.groups)]] == \
+        [(g.query, [n.doc_id for n in g.negatives]) for g in plain.groups]
+    pseudo = with_pseudo.groups[len(plain.groups):]
+    assert sorted(g.query_id for g in pseudo) == ["pseudo:long0", "pseudo:long1", "pseudo:long2"]
+    for group in pseudo:
+        doc_id = group.query_id.removeprefix("pseudo:")
+        (positive,) = group.positives
+        # the conclusion's opening words and PubMed's truncation mark are cut off the claim
+        assert group.query[0].isupper() and group.query.endswith("more often when the moon is full.")
+        assert "results show" not in group.query and "TRUNCATED" not in positive.text
+        assert group.query not in positive.text and "(p = 0.01). Results varied" in positive.text
+        assert positive.text.startswith("On ") and positive.doc_id == doc_id
+        assert len(group.negatives) == 3 and doc_id not in {n.doc_id for n in group.negatives}
+    assert len(from_beir(data, DataConfig(**base, pseudo_queries=2), seed=1).groups) == len(plain.groups) + 2
+
+
+def test_pseudo_queries_config_errors():
+    from prorank_edge.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="pseudo_queries: expected 0"):
+        load_config(None, ["data.beir=x", "data.pseudo_queries=-1"])
+    with pytest.raises(ConfigError, match="pseudo_queries reads a BEIR corpus"):
+        load_config(None, ["data.jsonl=x.jsonl", "data.pseudo_queries=5"])
