@@ -121,3 +121,15 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
     benchmarks/results/training/round9/scifact_dev_top20_round9_bf16.json
 .venv/bin/python benchmarks/results/training/round9/document_prior.py \
     benchmarks/results/training/round9/scifact_dev_top20_round9_bf16.json > benchmarks/results/training/round9/document_prior_round9_dev.json
+
+# --- Round 10 (issue 19; 2026-12-06, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round10/. Round 5's recipe (fresh rank-16 LoRA on the round-5 default, 1 positive + 7 BM25-top-30
+# negatives, lr 3e-4, 420 steps, 65 min) with 700 groups made from the corpus alone added to the 709 judged ones
+# (data.pseudo_queries 700). Dev 0.6941 / 0.7074 / 0.7119 at steps 140 / 280 / 420 (round 5: 0.7063). The exact
+# rank-64 adapter on dev top 20: alone 0.7206 (round 5's: 0.7209), fused 0.7529 at weight 0.7 (round 5's: 0.7589);
+# the document prior did not move. Not shipped, no test figure.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round10.yaml
+.venv/bin/prorank-edge train adapter --model runs/round10/stage2 --base smollm2 --output runs/round10/adapter \
+  --rank 64 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 --max-queries 100  # -> round10/adapter_build.json
+.venv/bin/python benchmarks/results/training/round9/score_dev.py runs/round10/stage2 benchmarks/results/training/round10/scifact_dev_top20_round10_bf16.json
+.venv/bin/python benchmarks/results/training/round9/document_prior.py benchmarks/results/training/round10/scifact_dev_top20_round10_bf16.json > benchmarks/results/training/round10/document_prior_round10_dev.json
