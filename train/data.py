@@ -11,6 +11,7 @@ Everything is seeded, so both stages hold out the same dev queries and see the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -164,7 +165,7 @@ _BACK_MATTER = re.compile(r"^(?:FUNDING|TRIAL REGISTRATION|REGISTRATION|CLINICAL
 
 
 def _claim_like(sentence: str) -> str:
-    claim = _CONCLUSION_OPENING.sub("", _TRUNCATION_MARK.sub("", sentence))
+    claim = _CONCLUSION_OPENING.sub("", sentence)
     first = claim.split(" ", 1)[0]
     return claim[:1].upper() + claim[1:] if first[1:] == first[1:].lower() else claim  # "mtDNA" stays
 
@@ -184,11 +185,12 @@ def pseudo_query_groups(data, config: DataConfig, rng: random.Random, retriever)
             break
         document = data.corpus[doc_id]
         sentences = _SENTENCE_BREAK.split(_TRUNCATION_MARK.sub("", document.text.strip()))
-        query = _claim_like(sentences[-1])
-        if len(sentences) < 4 or not 6 <= len(query.split()) <= 40 or _BACK_MATTER.match(query):
+        if len(sentences) < 4:
             continue
-        rest = " ".join(sentences[:-1])
-        sources.append((doc_id, query, f"{document.title} {rest}" if document.title else rest))
+        query = _claim_like(sentences[-1])
+        if not 6 <= len(query.split()) <= 40 or _BACK_MATTER.match(query):
+            continue
+        sources.append((doc_id, query, dataclasses.replace(document, text=" ".join(sentences[:-1])).full_text))
     hits, _ = retriever.retrieve([query for _, query, _ in sources], config.bm25_depth + 1)
     groups = []
     for (doc_id, query, positive), ranked in zip(sources, hits):
