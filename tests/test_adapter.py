@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from conftest import ADAPTER_PAIRS, fine_tune  # noqa: E402
 
-from prorank_edge.adapter import apply_adapter, make_adapter  # noqa: E402
+from prorank_edge.adapter import adapter_deltas, apply_adapter, make_adapter, make_sign_adapter  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
 from prorank_edge.formats import ADAPTER_INFO_FILENAME  # noqa: E402
 from prorank_edge.reranker import Reranker  # noqa: E402
@@ -58,3 +58,110 @@ def test_a_smaller_rank_records_what_it_loses(tiny_qwen2_dir, tmp_path):
 def test_adapter_of_another_architecture_is_refused(tiny_qwen2_dir, tiny_llama_dir, tmp_path):
     with pytest.raises(ProrankError, match="not those of"):
         make_adapter(tiny_qwen2_dir, tiny_llama_dir, tmp_path / "adapter")
+
+
+def _fine_tune_further(start_dir, out_dir, change):
+    """A copy of start_dir whose 2-D weights moved by change(weight) (a full-rank change, as a full fine-tune's)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(start_dir, out_dir)
+    model = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.add_(change(weight))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def _start(tiny_qwen2_dir, tmp_path):
+    """A rank-4 fine-tune of the base kept exactly as a rank-8 adapter, as the built-in default is."""
+    trained = fine_tune(tiny_qwen2_dir, tmp_path / "start", delta_rank=4)
+    make_adapter(tiny_qwen2_dir, trained, tmp_path / "start_adapter", rank=8)
+    return apply_adapter(tiny_qwen2_dir, tmp_path / "start_adapter", tmp_path / "start_merged")
+
+
+def test_sign_adapter_keeps_the_start_adapter_and_codes_the_rest_in_one_bit(tiny_qwen2_dir, tmp_path):
+    start = _start(tiny_qwen2_dir, tmp_path)
+    generator = torch.Generator().manual_seed(1)
+
+    def row_signs(weight):  # +-s per row: exactly what one sign and one scale a row can hold
+        signs = torch.randint(0, 2, weight.shape, generator=generator).float() * 2 - 1
+        return signs * (0.002 + 0.01 * torch.rand(weight.shape[0], 1, generator=generator))
+
+    trained = _fine_tune_further(start, tmp_path / "trained", row_signs)
+    info = make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", tmp_path / "start_adapter")
+    assert info["sign_bits"] == 1 and info["rank"] == 8
+    assert max(info["relative_error"].values()) < 1e-3  # fp16 scales only
+
+    merged = apply_adapter(tiny_qwen2_dir, tmp_path / "adapter", tmp_path / "merged")
+    expected, got = _weights(trained), _weights(merged)
+    for name in expected:
+        assert (got[name] - expected[name]).abs().max() < 1e-4, name
+    # the numpy deltas (what the GGUF merge adds) are those the torch merge added
+    base = _weights(tiny_qwen2_dir)
+    for name, delta in adapter_deltas(tmp_path / "adapter").items():
+        np.testing.assert_allclose(delta, (got[name] - base[name]).numpy(), atol=1e-5)
+    reference = Reranker(str(trained), backend="torch", device="cpu", dtype="float32").predict(ADAPTER_PAIRS)
+    scores = Reranker(str(merged), backend="torch", device="cpu", dtype="float32").predict(ADAPTER_PAIRS)
+    np.testing.assert_allclose(scores, reference, atol=2e-3)
+
+    # 1 bit a weight: the 2-D part is an eighth of fp16 factors' size would be, plus the start's factors
+    full = sum(f.stat().st_size for f in trained.glob("*.safetensors"))
+    assert (tmp_path / "adapter" / "adapter.safetensors").stat().st_size < full / 8
+
+
+def test_sign_adapter_records_the_error_of_a_gaussian_change(tiny_qwen2_dir, tmp_path):
+    """Signs with the row's mean absolute value keep all but sqrt(1 - 2/pi) = 0.60 of a Gaussian change; a
+    worse scale (the row's largest change, say) would record far more."""
+    start = _start(tiny_qwen2_dir, tmp_path)
+    generator = torch.Generator().manual_seed(2)
+    trained = _fine_tune_further(start, tmp_path / "trained",
+                                 lambda w: 0.01 * torch.randn(w.shape, generator=generator))
+    info = make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", tmp_path / "start_adapter")
+    two_d = [e for n, e in info["relative_error"].items() if n.endswith(("proj.weight", "embed_tokens.weight"))]
+    assert two_d and all(0.55 < e < 0.65 for e in two_d), two_d
+
+
+def test_sign_adapter_refuses_a_start_that_already_has_one_bit_parts(tiny_qwen2_dir, tmp_path):
+    start = _start(tiny_qwen2_dir, tmp_path)
+    trained = _fine_tune_further(start, tmp_path / "trained", lambda w: 0.001 * torch.ones_like(w))
+    make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", tmp_path / "start_adapter")
+    with pytest.raises(ProrankError, match="already holds a 1-bit part"):
+        make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "again", tmp_path / "adapter")
+
+
+def test_a_damaged_sign_part_names_the_tensor(tiny_qwen2_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    start = _start(tiny_qwen2_dir, tmp_path)
+    trained = _fine_tune_further(start, tmp_path / "trained", lambda w: 0.001 * torch.ones_like(w))
+    make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", tmp_path / "start_adapter")
+    path = tmp_path / "adapter" / "adapter.safetensors"
+    stored = load_file(str(path))
+    key = next(k for k in stored if k.endswith(".sign_scale"))
+    stored[key] = stored[key][:-1]
+    save_file(stored, str(path))
+    with pytest.raises(ProrankError, match=key.replace(".", r"\.")[: -len(r"\.sign_scale")]):
+        adapter_deltas(tmp_path / "adapter")
+
+
+def test_train_adapter_on_adapter_writes_the_one_bit_form(tiny_qwen2_dir, tmp_path):
+    """The CLI route the built-in default is made by: `train adapter --on-adapter`."""
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    from click.testing import CliRunner
+
+    from prorank_edge.cli import main
+
+    start = _start(tiny_qwen2_dir, tmp_path)
+    trained = _fine_tune_further(start, tmp_path / "trained", lambda w: 0.001 * torch.ones_like(w))
+    result = CliRunner().invoke(main, ["train", "adapter", "--model", str(trained), "--base", str(tiny_qwen2_dir),
+                                       "--output", str(tmp_path / "adapter"),
+                                       "--on-adapter", str(tmp_path / "start_adapter")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sign_bits"] == 1
+    stored = json.loads((tmp_path / "adapter" / ADAPTER_INFO_FILENAME).read_text())
+    assert stored["start_adapter"] == str(tmp_path / "start_adapter") and stored["rank"] == 8

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapter import apply_adapter, make_adapter
+from ..adapter import apply_adapter, make_adapter, make_sign_adapter
 from ..contract import ScoringContract
 from ..export.parity import spearman
 from ..formats import ADAPTER_INFO_FILENAME
@@ -31,13 +31,17 @@ def held_out_dev(data, dev_queries: int, seed: int):
 
 
 def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: str | None, split: str,
-                  dev_queries: int, seed: int, top_k: int, max_queries: int) -> dict:
+                  dev_queries: int, seed: int, top_k: int, max_queries: int,
+                  start_adapter: str | Path | None = None) -> dict:
     from ..evaluation.beir import load_beir
     from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
     from ..reranker import Reranker
 
     trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
-    info = make_adapter(base_dir, trained_dir, output, rank=rank, base_name=base)
+    if start_adapter is not None:
+        info = make_sign_adapter(base_dir, trained_dir, output, start_adapter, base_name=base)
+    else:
+        info = make_adapter(base_dir, trained_dir, output, rank=rank, base_name=base)
     if beir:
         dev = held_out_dev(load_beir(beir, split), dev_queries, seed)
         with tempfile.TemporaryDirectory(prefix="prorank-adapter-") as merged:
