@@ -159,6 +159,11 @@ def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray
     return low_rank, full
 
 
+def sign_scale_keys(stored: dict) -> dict[str, tuple[str, str]]:
+    """{weight name: (its signs' key, its scales' key)} of the 1-bit parts among an adapter's stored tensors."""
+    return {key[: -len(_SIGN)]: (key, key[: -len(_SIGN)] + _SIGN_SCALE) for key in stored if key.endswith(_SIGN)}
+
+
 def sign_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     """{name: float32 delta} of the 2-D deltas an adapter stores in 1 bit a weight (make_sign_adapter), empty for
     a purely low-rank adapter. Needs numpy and safetensors only."""

@@ -165,3 +165,71 @@ def test_train_adapter_on_adapter_writes_the_one_bit_form(tiny_qwen2_dir, tmp_pa
     assert json.loads(result.output)["sign_bits"] == 1
     stored = json.loads((tmp_path / "adapter" / ADAPTER_INFO_FILENAME).read_text())
     assert stored["start_adapter"] == str(tmp_path / "start_adapter") and stored["rank"] == 8
+
+
+def test_fitting_the_sign_scales_brings_the_scores_closer_to_the_checkpoint(tiny_qwen2_dir, tmp_path):
+    """The row scales fitted on training groups (train/sign_scales.py) must lower the centred score error that
+    signs with their mean-absolute scales leave; a fit that does not move them, or moves them wrongly, fails."""
+    pytest.importorskip("bm25s")
+    from conftest import write_topics_beir
+    from safetensors.numpy import load_file, save_file
+
+    from prorank_edge.evaluation.beir import load_beir
+    from prorank_edge.train.config import DataConfig
+    from prorank_edge.train.data import from_beir, listwise_groups
+    from prorank_edge.train.sign_scales import distill_sign_scales
+
+    start = _start(tiny_qwen2_dir, tmp_path)
+    generator = torch.Generator().manual_seed(3)
+
+    def row_signs(weight):  # exactly what one sign and one scale a row hold, so the right scales are known
+        signs = torch.randint(0, 2, weight.shape, generator=generator).float() * 2 - 1
+        return signs * (0.02 + 0.03 * torch.rand(weight.shape[0], 1, generator=generator))
+
+    trained = _fine_tune_further(start, tmp_path / "trained", row_signs)
+    make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", tmp_path / "start_adapter")
+    # the Linear layers' scales put off by factors of 1/3 to 3, which the fit has to undo from scores alone
+    path = tmp_path / "adapter" / "adapter.safetensors"
+    stored = load_file(str(path))
+    rng = np.random.default_rng(0)
+    for key in stored:
+        if key.endswith(".sign_scale") and "embed_tokens" not in key:
+            stored[key] = (stored[key] * np.exp(rng.uniform(-1.1, 1.1, stored[key].shape))).astype(np.float16)
+    save_file(stored, str(path))
+    data = from_beir(load_beir(write_topics_beir(tmp_path / "beir"), "train"), DataConfig(dev_queries=2), seed=0)
+    groups = listwise_groups(data.groups, 1, 3, seed=0)
+    pairs = [(query, p.text) for query, passages in groups for p in passages]
+
+    def centred_error():
+        fresh = tmp_path / f"merged{len(list(tmp_path.iterdir()))}"
+        merged = apply_adapter(tiny_qwen2_dir, tmp_path / "adapter", fresh)
+        got = Reranker(str(merged), backend="torch", device="cpu", dtype="float32").predict(pairs)
+        want = Reranker(str(trained), backend="torch", device="cpu", dtype="float32").predict(pairs)
+        diff = got - want
+        return float(np.mean((diff - diff.mean()) ** 2))
+
+    before = centred_error()
+    losses = distill_sign_scales(tiny_qwen2_dir, tmp_path / "adapter", trained, groups, 128, steps=40,
+                                 learning_rate=5e-2, bf16=False)
+    after = centred_error()
+    assert len(losses) == 40 and before > 1e-3
+    assert after < 0.5 * before, (before, after, losses)
+
+
+def test_train_adapter_fits_the_sign_scales_on_training_queries_only(tiny_qwen2_dir, tmp_path):
+    """build_adapter with --on-adapter, --data and --distill-steps: the fit runs, on groups of the queries
+    training kept (the held-out dev ones excluded), and is recorded next to the dev figures."""
+    pytest.importorskip("bm25s")
+    from conftest import write_topics_beir
+
+    from prorank_edge.train.adapter_cmd import build_adapter
+
+    start = _start(tiny_qwen2_dir, tmp_path)
+    trained = _fine_tune_further(start, tmp_path / "trained", lambda w: 0.01 * torch.sign(torch.randn_like(w)))
+    beir = write_topics_beir(tmp_path / "beir")
+    info = build_adapter(str(trained), str(tiny_qwen2_dir), tmp_path / "adapter", 16, str(beir), "train", 2, 0, 4,
+                         2, start_adapter=tmp_path / "start_adapter", distill_steps=3)
+    assert info["distill"]["steps"] == 3 and info["distill"]["queries"] == 6  # 8 queries, 2 held out
+    assert info["dev"]["queries"] == 2 and "adapter" in info["dev"]["ndcg@10"]
+    stored = json.loads((tmp_path / "adapter" / ADAPTER_INFO_FILENAME).read_text())
+    assert stored["distill"] == info["distill"] and stored["sign_bits"] == 1

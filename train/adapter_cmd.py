@@ -17,6 +17,7 @@ import numpy as np
 
 from ..adapter import apply_adapter, make_adapter, make_sign_adapter
 from ..contract import ScoringContract
+from ..errors import ProrankError
 from ..export.parity import spearman
 from ..formats import ADAPTER_INFO_FILENAME
 from .common import resolve_model_dir
@@ -30,9 +31,28 @@ def held_out_dev(data, dev_queries: int, seed: int):
                                qrels={q: data.qrels[q] for q in dev_ids})
 
 
+def _distill(base_dir: Path, adapter: Path, trained_dir: Path, beir: str, split: str, dev_queries: int, seed: int,
+             steps: int) -> dict:
+    """Fit the 1-bit adapter's row scales to the checkpoint on the training queries' groups (the dev ones held
+    out by the same seeded choice as training): 1 positive + 7 of BM25's top 30, round 5's groups."""
+    from .config import DataConfig
+    from .data import listwise_groups, load_training_data
+    from .sign_scales import distill_sign_scales
+
+    data = load_training_data(DataConfig(beir=beir, split=split, dev_queries=dev_queries, hard_negatives=7,
+                                         bm25_depth=30), seed)
+    groups = [g for g in listwise_groups(data.groups, 1, 7, seed=seed) if len(g[1]) > 1]
+    max_length = ScoringContract.load(trained_dir).max_length
+    losses = distill_sign_scales(base_dir, adapter, trained_dir, groups, max_length, steps)
+    tenth = max(1, steps // 10)
+    return {"steps": steps, "queries": len(data.groups), "groups": len(groups),
+            "loss_first_tenth": float(np.mean(losses[:tenth])),
+            "loss_last_tenth": float(np.mean(losses[-tenth:]))}
+
+
 def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: str | None, split: str,
                   dev_queries: int, seed: int, top_k: int, max_queries: int,
-                  start_adapter: str | Path | None = None) -> dict:
+                  start_adapter: str | Path | None = None, distill_steps: int = 0) -> dict:
     from ..evaluation.beir import load_beir
     from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
     from ..reranker import Reranker
@@ -40,6 +60,11 @@ def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: st
     trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
     if start_adapter is not None:
         info = make_sign_adapter(base_dir, trained_dir, output, start_adapter, base_name=base)
+        if distill_steps:
+            if not beir:
+                raise ProrankError("fitting the 1-bit scales (--distill-steps) needs --data, the training run's "
+                                   "BEIR folder: they are fitted on its training queries (never the dev ones)")
+            info["distill"] = _distill(base_dir, output, trained_dir, beir, split, dev_queries, seed, distill_steps)
     else:
         info = make_adapter(base_dir, trained_dir, output, rank=rank, base_name=base)
     if beir:
