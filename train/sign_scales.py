@@ -4,7 +4,7 @@ Coding each weight's change by its sign keeps the direction of a full fine-tune 
 round 12 (issue 19) the 1-bit built-in model scored dev nDCG@10 0.7008 against its checkpoint's 0.7093. Here the
 merged model's 2-D weights become `rest + scale * signs` with only the scales trainable (multiplicatively, one
 log-factor a row), and they are fitted so that its scores match the checkpoint's on training groups, centred per
-group (a shift of every score changes no ranking and no min-max fusion). 40 steps of 8 prompts took the same
+group (a shift of every score changes no ranking and no min-max fusion). 40 steps of 4 prompts took the same
 model to 0.7101 (3 min on 2 EPYC cores). The embedding's scales stay as coded: its rows are tied to the score
 head's, which the fit would otherwise trade against the body.
 """

@@ -133,3 +133,25 @@ cp runs/round5/adapter/* prorank_edge/default_adapter/
   --rank 64 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 --max-queries 100  # -> round10/adapter_build.json
 .venv/bin/python benchmarks/results/training/round9/score_dev.py runs/round10/stage2 benchmarks/results/training/round10/scifact_dev_top20_round10_bf16.json
 .venv/bin/python benchmarks/results/training/round9/document_prior.py benchmarks/results/training/round10/scifact_dev_top20_round10_bf16.json > benchmarks/results/training/round10/document_prior_round10_dev.json
+
+# --- Round 11 (issue 19; 2026-12-06, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round11/. Round 5's recipe as a full fine-tune of the round-5 default (lr 2e-5, no weight decay, group
+# seed 11). Dev 0.6594 at step 140 (round 5: 0.7063); stopped there. Not shipped, no test figure.
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round11.yaml
+
+# --- Round 12 (issue 19; 2026-12-06, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round12/. Round 3's stage 2 as a full fine-tune of the round-1 default (its adapter at commit 1f93b9a),
+# 531 steps (78 min). Dev 0.6795 / 0.7040 / 0.7093 at steps 177 / 354 / 531. The 1-bit adapter: 0.7008 as coded,
+# 0.7101 with its row scales fitted (40 steps). Level with round 5 (0.7063): not shipped, no test figure.
+mkdir -p runs/round12/round1_adapter
+for f in adapter.json adapter.safetensors prorank_contract.json; do
+  git show 1f93b9a:prorank_edge/default_adapter/$f > runs/round12/round1_adapter/$f; done
+.venv/bin/python -c "from prorank_edge.adapter import apply_adapter; from prorank_edge.models import resolve_model; \
+apply_adapter(resolve_model('smollm2').path, 'runs/round12/round1_adapter', 'runs/round12/round1_merged')"
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round12.yaml
+# The session measured the coded and the fitted adapter with scratch versions of this (make_sign_adapter, then the
+# fit as in train/sign_scales.py, but on round 12's own groups: 1 + 3 of BM25's top 50, lr 1e-2, 40 steps), each
+# scored on the dev queries' BM25 top 10 and then top 20; `train adapter` below fits on round 5's groups instead:
+.venv/bin/prorank-edge train adapter --model runs/round12/stage2 --base smollm2 --output runs/round12/adapter \
+  --on-adapter runs/round12/round1_adapter --distill-steps 40 --data ../shared/data/beir/scifact \
+  --dev-queries 100 --seed 0 --top-k 20 --max-queries 100
