@@ -79,9 +79,10 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
 
 
 def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str | Path,
-                      start_adapter: str | Path, base_name: str | None = None) -> dict:
+                      start_adapter: str | Path | None = None, base_name: str | None = None) -> dict:
     """Write `trained - base` as the adapter the training started from, kept as it is, plus the rest in 1 bit a
-    weight: for each 2-D weight the sign of what training changed beyond the start adapter, times one fp16 scale
+    weight (the whole change from the base when there is no start adapter): for each 2-D weight the sign of what
+    training changed beyond the start adapter, times one fp16 scale
     per row (the row's mean absolute change, the scale that best fits signs in the least-squares sense; BitDelta,
     arXiv 2402.10193, keeps one per matrix). 1-D deltas are stored in full. How a full fine-tune of the built-in
     model ships: 135M weights in 17 MB on top of the start adapter. Returns the adapter's info; its
@@ -94,8 +95,8 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
     base, trained = _state_dict(base_dir), _state_dict(trained_dir)
     if set(base) != set(trained):
         raise ProrankError(f"{trained_dir}: its weights are not those of {base_dir} (different tensor names)")
-    start_low_rank, start_full = adapter_factors(start_adapter)
-    if sign_deltas(start_adapter):
+    start_low_rank, start_full = adapter_factors(start_adapter) if start_adapter is not None else ({}, {})
+    if start_adapter is not None and sign_deltas(start_adapter):
         raise ProrankError(f"{start_adapter}: already holds a 1-bit part; start from a low-rank adapter")
     tensors, errors = {}, {}
     for name in sorted(trained):
@@ -125,7 +126,8 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
               str(output_dir / ADAPTER_WEIGHTS_FILENAME))
     shutil.copyfile(trained_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
     info = {"base": base_name or str(base_dir), "rank": _rank_of(start_low_rank), "sign_bits": 1,
-            "start_adapter": str(start_adapter), "tensors": len(errors), "relative_error": errors,
+            "start_adapter": None if start_adapter is None else str(start_adapter), "tensors": len(errors),
+            "relative_error": errors,
             "bytes": (output_dir / ADAPTER_WEIGHTS_FILENAME).stat().st_size}
     (output_dir / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

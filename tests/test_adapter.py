@@ -233,3 +233,29 @@ def test_train_adapter_fits_the_sign_scales_on_training_queries_only(tiny_qwen2_
     assert info["dev"]["queries"] == 2 and "adapter" in info["dev"]["ndcg@10"]
     stored = json.loads((tmp_path / "adapter" / ADAPTER_INFO_FILENAME).read_text())
     assert stored["distill"] == info["distill"] and stored["sign_bits"] == 1
+
+
+def test_one_bit_without_a_start_codes_the_whole_change_from_the_base(tiny_qwen2_dir, tmp_path):
+    """`train adapter --one-bit`: a full fine-tune from the base itself, every 2-D change in signs."""
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    from click.testing import CliRunner
+
+    from prorank_edge.cli import main
+
+    generator = torch.Generator().manual_seed(4)
+
+    def row_signs(weight):
+        signs = torch.randint(0, 2, weight.shape, generator=generator).float() * 2 - 1
+        return signs * (0.002 + 0.01 * torch.rand(weight.shape[0], 1, generator=generator))
+
+    trained = _fine_tune_further(tiny_qwen2_dir, tmp_path / "trained", row_signs)
+    result = CliRunner().invoke(main, ["train", "adapter", "--model", str(trained), "--base", str(tiny_qwen2_dir),
+                                       "--output", str(tmp_path / "adapter"), "--one-bit"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "adapter" / ADAPTER_INFO_FILENAME).read_text())
+    assert info["start_adapter"] is None and info["rank"] == 0 and max(info["relative_error"].values()) < 1e-3
+    merged = apply_adapter(tiny_qwen2_dir, tmp_path / "adapter", tmp_path / "merged")
+    expected, got = _weights(trained), _weights(merged)
+    for name in expected:
+        assert (got[name] - expected[name]).abs().max() < 1e-4, name

@@ -52,13 +52,13 @@ def _distill(base_dir: Path, adapter: Path, trained_dir: Path, beir: str, split:
 
 def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: str | None, split: str,
                   dev_queries: int, seed: int, top_k: int, max_queries: int,
-                  start_adapter: str | Path | None = None, distill_steps: int = 0) -> dict:
+                  start_adapter: str | Path | None = None, distill_steps: int = 0, one_bit: bool = False) -> dict:
     from ..evaluation.beir import load_beir
     from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
     from ..reranker import Reranker
 
     trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
-    if start_adapter is not None:
+    if one_bit or start_adapter is not None:
         info = make_sign_adapter(base_dir, trained_dir, output, start_adapter, base_name=base)
         if distill_steps:
             if not beir:

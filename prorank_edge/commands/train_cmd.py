@@ -90,10 +90,13 @@ def stage2_command(config_path, overrides, output, resume) -> None:
                    "built-in model): kept exactly, and the rest of the change stored in 1 bit a weight (its sign, "
                    "one scale per row) instead of an SVD; --rank is then not used. A full fine-tune of the built-in "
                    "model adds 17 MB.")
+@click.option("--one-bit", is_flag=True,
+              help="Store the whole change from --base in 1 bit a weight (a full fine-tune started from the base); "
+                   "--on-adapter implies it.")
 @click.option("--distill-steps", type=click.IntRange(min=0), default=40, show_default=True,
-              help="With --on-adapter and --data: steps (one training group each) that fit the 1-bit part's row "
-                   "scales so the adapter scores like the checkpoint (on issue 19's round 12: dev nDCG@10 0.7008 "
-                   "coded, 0.7101 fitted, 0.7093 the checkpoint). 0 keeps the scales as coded.")
+              help="With --one-bit or --on-adapter, and --data: steps (one training group each) that fit the 1-bit "
+                   "part's row scales so the adapter scores like the checkpoint (on issue 19's round 12: dev "
+                   "nDCG@10 0.7008 coded, 0.7101 fitted, 0.7093 the checkpoint). 0 keeps the scales as coded.")
 @click.option("--data", "beir", default=None,
               help="BEIR folder of the training run: measure the adapter and tune its BM25 fusion weight on the "
                    "run's held-out dev queries (stored in the adapter's contract).")
@@ -105,15 +108,16 @@ def stage2_command(config_path, overrides, output, resume) -> None:
               help="BM25 candidates per dev query.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=100, show_default=True,
               help="Dev queries to measure on.")
-def adapter_command(model, base, output, rank, start_adapter, distill_steps, beir, split, dev_queries, seed, top_k,
-                    max_queries) -> None:
+def adapter_command(model, base, output, rank, start_adapter, one_bit, distill_steps, beir, split, dev_queries, seed,
+                    top_k, max_queries) -> None:
     """Store a trained checkpoint as a small adapter over its base (how the default model is made): a low-rank
     SVD of its change, or with --on-adapter the adapter it started from plus a 1-bit rest."""
     _check_extra()
     from ..train.adapter_cmd import build_adapter
 
     info = build_adapter(model, base, output, rank, beir, split, dev_queries, seed, top_k, max_queries,
-                         start_adapter=start_adapter, distill_steps=distill_steps if beir else 0)
+                         start_adapter=start_adapter, distill_steps=distill_steps if beir else 0,
+                         one_bit=one_bit)
     shown = ("base", "rank", "sign_bits", "bytes", "distill", "dev")
     click.echo(json.dumps({key: info[key] for key in shown if key in info},
                           indent=2))
