@@ -174,15 +174,12 @@ def sign_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
 
     stored = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS_FILENAME))
     deltas = {}
-    for key, bits in stored.items():
-        if not key.endswith(_SIGN):
-            continue
-        name = key[: -len(_SIGN)]
-        if name + _SIGN_SCALE not in stored:
-            raise ProrankError(f"{adapter_dir}: {key} has no matching {name + _SIGN_SCALE}")
-        scale = stored[name + _SIGN_SCALE].astype(np.float32)
+    for name, (key, scale_key) in sign_scale_keys(stored).items():
+        if scale_key not in stored:
+            raise ProrankError(f"{adapter_dir}: {key} has no matching {scale_key}")
+        bits, scale = stored[key], stored[scale_key].astype(np.float32)
         if bits.ndim != 2 or scale.shape != (bits.shape[0],):
-            raise ProrankError(f"{adapter_dir}: {key} {bits.shape} and {name + _SIGN_SCALE} {scale.shape} do not "
+            raise ProrankError(f"{adapter_dir}: {key} {bits.shape} and {scale_key} {scale.shape} do not "
                                "describe one matrix")
         deltas[name] = (np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1) * scale[:, None]
     return deltas
