@@ -43,6 +43,17 @@ def _state_dict(model_dir: Path) -> dict:
     return state
 
 
+def _load_pair(base_dir: Path, trained_dir: Path) -> tuple[dict, dict]:
+    """The base's and the trained checkpoint's weights, checked to be the same tensors (names and shapes)."""
+    base, trained = _state_dict(base_dir), _state_dict(trained_dir)
+    if set(base) != set(trained):
+        raise ProrankError(f"{trained_dir}: its weights are not those of {base_dir} (different tensor names)")
+    for name in sorted(trained):
+        if trained[name].shape != base[name].shape:
+            raise ProrankError(f"{name}: shape {tuple(trained[name].shape)} differs from the base's")
+    return base, trained
+
+
 def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str | Path, rank: int = 16,
                  base_name: str | None = None) -> dict:
     """Write the low-rank difference `trained - base` into output_dir; returns the adapter's info."""
@@ -50,14 +61,10 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
     from safetensors.torch import save_file
 
     base_dir, trained_dir, output_dir = Path(base_dir), Path(trained_dir), Path(output_dir)
-    base, trained = _state_dict(base_dir), _state_dict(trained_dir)
-    if set(base) != set(trained):
-        raise ProrankError(f"{trained_dir}: its weights are not those of {base_dir} (different tensor names)")
+    base, trained = _load_pair(base_dir, trained_dir)
     tensors, errors = {}, {}
     for name in sorted(trained):
         delta = trained[name].float() - base[name].float()
-        if delta.shape != base[name].shape:
-            raise ProrankError(f"{name}: shape {tuple(trained[name].shape)} differs from the base's")
         if not delta.abs().max() > 0:
             continue
         if delta.dim() == 2 and min(delta.shape) > rank:
@@ -92,16 +99,15 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
     from safetensors.numpy import save_file
 
     base_dir, trained_dir, output_dir = Path(base_dir), Path(trained_dir), Path(output_dir)
-    base, trained = _state_dict(base_dir), _state_dict(trained_dir)
-    if set(base) != set(trained):
-        raise ProrankError(f"{trained_dir}: its weights are not those of {base_dir} (different tensor names)")
-    start_low_rank, start_full = adapter_factors(start_adapter) if start_adapter is not None else ({}, {})
-    if start_adapter is not None and sign_deltas(start_adapter):
+    base, trained = _load_pair(base_dir, trained_dir)
+    start_low_rank, start_full, start_signs = ({}, {}, {}) if start_adapter is None else _read_adapter(start_adapter)
+    if start_signs:
         raise ProrankError(f"{start_adapter}: already holds a 1-bit part; start from a low-rank adapter")
+    unused = (set(start_low_rank) | set(start_full)) - set(trained)
+    if unused:
+        raise ProrankError(f"{start_adapter}: tensors {sorted(unused)[:3]} are not in {trained_dir}")
     tensors, errors = {}, {}
     for name in sorted(trained):
-        if trained[name].shape != base[name].shape:
-            raise ProrankError(f"{name}: shape {tuple(trained[name].shape)} differs from the base's")
         delta = (trained[name].to(torch.float32) - base[name].to(torch.float32)).numpy()
         if name in start_low_rank:
             b, a = start_low_rank[name]
@@ -118,9 +124,6 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
         tensors[name + _SIGN_SCALE] = scale
         coded = np.where(delta > 0, 1.0, -1.0) * scale.astype(np.float32)[:, None]
         errors[name] = round(float(np.linalg.norm(delta - coded) / np.linalg.norm(delta)), 4)
-    unused = set(start_low_rank) - set(trained) | set(start_full) - set(trained)
-    if unused:
-        raise ProrankError(f"{start_adapter}: tensors {sorted(unused)[:3]} are not in {trained_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
     save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()},
               str(output_dir / ADAPTER_WEIGHTS_FILENAME))
@@ -137,9 +140,11 @@ def _rank_of(low_rank: dict) -> int:
     return max((a.shape[0] for _, a in low_rank.values()), default=0)
 
 
-def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
-    """({name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full), float32, names as in
-    the base checkpoint. Needs numpy and safetensors only."""
+def _read_adapter(adapter_dir: str | Path, with_signs: bool = True) -> tuple[dict, dict, dict]:
+    """An adapter's three parts from one read of its weights, float32, names as in the base checkpoint:
+    {name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full, and {name: delta} of the 2-D
+    deltas stored in 1 bit a weight (make_sign_adapter; empty for a purely low-rank adapter, and left out unless
+    with_signs: unpacked, the built-in model's signs take 540 MB)."""
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -158,31 +163,28 @@ def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray
             low_rank[name] = (value.astype(np.float32), stored[name + _A].astype(np.float32))
         elif not key.endswith((_A, _SIGN, _SIGN_SCALE)):
             raise ProrankError(f"{adapter_dir}: unexpected adapter tensor {key}")
-    return low_rank, full
-
-
-def sign_scale_keys(stored: dict) -> dict[str, tuple[str, str]]:
-    """{weight name: (its signs' key, its scales' key)} of the 1-bit parts among an adapter's stored tensors."""
-    return {key[: -len(_SIGN)]: (key, key[: -len(_SIGN)] + _SIGN_SCALE) for key in stored if key.endswith(_SIGN)}
-
-
-def sign_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
-    """{name: float32 delta} of the 2-D deltas an adapter stores in 1 bit a weight (make_sign_adapter), empty for
-    a purely low-rank adapter. Needs numpy and safetensors only."""
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    stored = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS_FILENAME))
-    deltas = {}
-    for name, (key, scale_key) in sign_scale_keys(stored).items():
+    signs = {}
+    for name, (key, scale_key) in (sign_scale_keys(stored) if with_signs else {}).items():
         if scale_key not in stored:
             raise ProrankError(f"{adapter_dir}: {key} has no matching {scale_key}")
         bits, scale = stored[key], stored[scale_key].astype(np.float32)
         if bits.ndim != 2 or scale.shape != (bits.shape[0],):
             raise ProrankError(f"{adapter_dir}: {key} {bits.shape} and {scale_key} {scale.shape} do not "
                                "describe one matrix")
-        deltas[name] = (np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1) * scale[:, None]
-    return deltas
+        signs[name] = (np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1) * scale[:, None]
+    return low_rank, full, signs
+
+
+def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """({name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full), float32, names as in
+    the base checkpoint. Needs numpy and safetensors only."""
+    low_rank, full, _ = _read_adapter(adapter_dir, with_signs=False)
+    return low_rank, full
+
+
+def sign_scale_keys(stored: dict) -> dict[str, tuple[str, str]]:
+    """{weight name: (its signs' key, its scales' key)} of the 1-bit parts among an adapter's stored tensors."""
+    return {key[: -len(_SIGN)]: (key, key[: -len(_SIGN)] + _SIGN_SCALE) for key in stored if key.endswith(_SIGN)}
 
 
 def merged_adapter_factors(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
@@ -198,9 +200,9 @@ def merged_adapter_factors(model_dir: str | Path) -> dict[str, tuple[np.ndarray,
 def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     """Tensor name (as in the base checkpoint) -> float32 delta: `B @ A` for 2-D weights, stored in full for
     the rest. Needs numpy and safetensors only."""
-    low_rank, full = adapter_factors(adapter_dir)
+    low_rank, full, signs = _read_adapter(adapter_dir)
     deltas = {**full, **{name: b @ a for name, (b, a) in low_rank.items()}}
-    for name, delta in sign_deltas(adapter_dir).items():
+    for name, delta in signs.items():
         deltas[name] = deltas[name] + delta if name in deltas else delta
     return deltas
 
