@@ -52,7 +52,7 @@ set -x
 # --- Round 3 (issue 19; 2026-12-03, 2 cores of an Intel Xeon with AMX; bf16 autocast) ---
 # files in round3/. The ablation's arm d (supervised warm-up, then GRPO; 160-token prompts), then stage 2 at
 # 256 tokens for up to 2 epochs, its checkpoint picked on all 100 dev queries (BM25 top 10; BM25 0.6876 there,
-# round3/bm25_dev.py). Stage 2 was stopped at step 670 of 710 (before its last dev evaluation, to leave time for the test run); best: step 531.
+# round3/bm25_dev.py). Stage 2 was stopped at step 670 of 810 (before its last dev evaluation, to leave time for the test run); best: step 531.
 .venv/bin/prorank-edge train stage1 --config train/configs/cpu_smollm2_round3.yaml --set data.random_negatives=3 --set max_length=160
 .venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round3.yaml
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --model runs/round3/stage2 \
