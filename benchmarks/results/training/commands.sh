@@ -155,3 +155,14 @@ apply_adapter(resolve_model('smollm2').path, 'runs/round12/round1_adapter', 'run
 .venv/bin/prorank-edge train adapter --model runs/round12/stage2 --base smollm2 --output runs/round12/adapter \
   --on-adapter runs/round12/round1_adapter --distill-steps 40 --data ../shared/data/beir/scifact \
   --dev-queries 100 --seed 0 --top-k 20 --max-queries 100
+
+# --- Round 13 (issue 19; 2026-12-06/07, 2 cores of an AMD EPYC with AVX-512 BF16, no AMX; bf16 autocast) ---
+# files in round13/. Round 3 run again from scratch: stage 1 arm d (45 min), then stage 2 as a full fine-tune with
+# round 3's schedule (810 steps planned, lr decaying to 0 there), stopped after the dev evaluation at step 708
+# (88 min). Dev 0.6680 / 0.6985 / 0.7143 / 0.7337 at steps 177 / 354 / 531 / 708. Then the whole change from the
+# base in 1 bit a weight, its row scales fitted (40 steps), measured and fusion-tuned on the dev queries' top 20.
+.venv/bin/prorank-edge train stage1 --config train/configs/cpu_smollm2_round13.yaml --set data.random_negatives=3 --set max_length=160
+.venv/bin/prorank-edge train stage2 --config train/configs/cpu_smollm2_round13.yaml  # stopped after step 708's dev evaluation
+.venv/bin/prorank-edge train adapter --model runs/round13/stage2 --base smollm2 --output runs/round13/adapter \
+  --one-bit --distill-steps 40 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 \
+  --max-queries 100  # -> round13/adapter.json
