@@ -89,11 +89,10 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
                       start_adapter: str | Path | None = None, base_name: str | None = None) -> dict:
     """Write `trained - base` as the adapter the training started from, kept as it is, plus the rest in 1 bit a
     weight (the whole change from the base when there is no start adapter): for each 2-D weight the sign of what
-    training changed beyond the start adapter, times one fp16 scale
-    per row (the row's mean absolute change, the scale that best fits signs in the least-squares sense; BitDelta,
-    arXiv 2402.10193, keeps one per matrix). 1-D deltas are stored in full. How a full fine-tune of the built-in
-    model ships: 135M weights in 17 MB on top of the start adapter. Returns the adapter's info; its
-    relative_error is that of each weight's 1-bit part."""
+    training changed beyond the start adapter, times one fp16 scale per row (the row's mean absolute change, the
+    scale that best fits signs in the least-squares sense; BitDelta, arXiv 2402.10193, keeps one per matrix).
+    1-D deltas are stored in full. How a full fine-tune of the built-in model ships: 135M weights in 17 MB on top
+    of the start adapter. Returns the adapter's info; its relative_error is that of each weight's 1-bit part."""
     import numpy as np
     import torch
     from safetensors.numpy import save_file
@@ -130,8 +129,7 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
     shutil.copyfile(trained_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
     info = {"base": base_name or str(base_dir), "rank": _rank_of(start_low_rank), "sign_bits": 1,
             "start_adapter": None if start_adapter is None else str(start_adapter), "tensors": len(errors),
-            "relative_error": errors,
-            "bytes": (output_dir / ADAPTER_WEIGHTS_FILENAME).stat().st_size}
+            "relative_error": errors, "bytes": (output_dir / ADAPTER_WEIGHTS_FILENAME).stat().st_size}
     (output_dir / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 

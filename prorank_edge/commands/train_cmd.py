@@ -111,7 +111,8 @@ def stage2_command(config_path, overrides, output, resume) -> None:
 def adapter_command(model, base, output, rank, start_adapter, one_bit, distill_steps, beir, split, dev_queries, seed,
                     top_k, max_queries) -> None:
     """Store a trained checkpoint as a small adapter over its base (how the default model is made): a low-rank
-    SVD of its change, or with --on-adapter the adapter it started from plus a 1-bit rest."""
+    SVD of its change, with --one-bit the whole change in 1 bit a weight, or with --on-adapter the adapter it
+    started from plus a 1-bit rest."""
     _check_extra()
     from ..train.adapter_cmd import build_adapter
 
