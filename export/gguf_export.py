@@ -84,6 +84,14 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
             raise ProrankError("--smooth does not apply to q4_lora, whose matrices keep their 4-bit grid exactly")
         if lora_path.exists() and not overwrite:
             raise ProrankError(f"{lora_path} already exists; pass overwrite=True (--overwrite) to replace it")
+        from ..adapter import merged_adapter_parts
+
+        low_rank, one_bit = merged_adapter_parts(model_dir, with_signs=False) or ({}, {})
+        if one_bit:
+            # Its +-s rows are full rank: no LoRA carries them, and 4-bit rounding of the merged weights erases them.
+            raise ProrankError(f"{model_dir}: its adapter has a 1-bit part ({len(one_bit)} weights, `train adapter "
+                               "--one-bit`), which q4_lora cannot keep; export bf16, f16 or q8_0, or ONNX int4, "
+                               "which keeps it exactly")
     elif quant not in GGUF_UNQUANTIZED and not _has_llama_cpp():  # fail before the slow conversion
         raise MissingExtraError("GGUF quantization (q8_0, q4_k_m)", "gguf", "llama_cpp")
     if smoothing_alpha is None:
@@ -112,9 +120,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         if lora_path is not None:
             # The LoRA is renamed into place first (inner block), so a complete NAME.gguf always has its LoRA.
             with staged(lora_path) as lora_partial:
-                from ..adapter import merged_adapter_factors
-
-                encoder = gguf_lora.Q4LoraEncoder(merged_adapter_factors(model_dir) or {})
+                encoder = gguf_lora.Q4LoraEncoder(low_rank)
                 pre = _write_unquantized(model_dir, config, arch, tokenizer_text, prompts, partial, rank_head=False,
                                          encoder=encoder, metadata={GGUF_LORA_KEY: lora_path.name})
                 gguf_lora.write_lora(lora_partial, _gguf_arch_name(arch), encoder.factors)

@@ -115,9 +115,9 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, quant: str = "fp3
         fp32_bytes = _onnx_bytes(fp32_path)
         factors = _w8a8_factors(fp32_path, prompts) if quant == "w8a8" else None
         if quant == "int4":
-            from .onnx_int4 import adapter_low_rank
+            from .onnx_int4 import adapter_parts
 
-            factors = adapter_low_rank(model_dir)
+            factors = adapter_parts(model_dir)
         model_path = _write_model(fp32_path, staging, quant, factors=factors)
         shared = _write_reuse_graphs(reuse_fp32, staging, quant, factors)
         _check_graph_scores(model_path, sample, expected if quant == "fp32" else None)
@@ -224,7 +224,7 @@ def _write_model(fp32_path: Path, staging: Path, quant: str, copy: bool = False,
 
 def _convert(fp32_path: Path, target: Path, quant: str, factors: dict | None = None) -> None:
     """factors, the same for model.onnx and the reuse graphs: w8a8's channel factors (onnx_int8.channel_factors);
-    for int4, the low-rank deltas of the adapter the checkpoint was merged from (onnx_int4.adapter_low_rank)."""
+    for int4, the parts of the adapter the checkpoint was merged from (onnx_int4.adapter_parts)."""
     if quant == "int8":
         _quantize_int8(fp32_path, target)
     elif quant == "w8a8":
@@ -498,13 +498,13 @@ def _quantize_int8(source: Path, target: Path) -> None:
     _save_onnx(quantizer.model.model, target)
 
 
-def _quantize_int4(source: Path, target: Path, low_rank: dict | None = None) -> None:
+def _quantize_int4(source: Path, target: Path, adapter: dict | None = None) -> None:
     """4-bit weight-only MatMuls (min-max per block with a float zero point) and a 4-bit embedding table.
 
     Symmetric 4-bit (one scale per block, zero at 8) wastes a level and cannot place the grid; on
-    SmolLM2-135M it gave Spearman 0.87 against fp32 scores, the min-max blocks 0.99 or better. With `low_rank`
-    (onnx_int4.adapter_low_rank) the base weights go to 4 bits, the base embedding to 8, and the adapter's
-    delta stays beside them in fp32.
+    SmolLM2-135M it gave Spearman 0.87 against fp32 scores, the min-max blocks 0.99 or better. With `adapter`
+    (onnx_int4.adapter_parts) the base weights go to 4 bits, the base embedding to 8, and the adapter's delta
+    stays beside them, exact (a low-rank part in fp32, a 1-bit part as +-1 in 4 bits times its fp32 scales).
     """
     from onnx import version_converter
     module = _nbits_quantizer_module()
@@ -517,10 +517,10 @@ def _quantize_int4(source: Path, target: Path, low_rank: dict | None = None) -> 
     if _default_opset(model) < 20:
         model = version_converter.convert_version(model, 21)
     excluded = []
-    if low_rank:
-        from .onnx_int4 import split_low_rank
+    if adapter:
+        from .onnx_int4 import split_adapter
 
-        model, excluded, split = split_low_rank(model, low_rank)
+        model, excluded, split = split_adapter(model, adapter)
         if not split:
             raise ProrankError(f"{source}: no MatMul weight of this graph is one the checkpoint's adapter was merged "
                                "into (was the checkpoint changed after the merge?)")
@@ -559,8 +559,11 @@ def _quant_info(quant: str, factors: dict | None) -> dict:
     if not factors:
         return {}
     if quant == "int4":
+        ranks = [min(part.low_rank[0].shape) for part in factors.values() if part.low_rank is not None]
         return {"int4": {"base_plus_adapter": True, "embedding": "8-bit base plus the adapter's delta",
-                         "adapter_rank": max(min(left.shape) for left, _ in factors.values())}}
+                         "adapter_rank": max(ranks, default=0),
+                         # each weight is keyed in both of its layouts
+                         "one_bit_weights": sum(part.signs is not None for part in factors.values()) // 2}}
     from .onnx_int8 import INT8_SMOOTHING_ALPHA, OUTLIER_RATIO
 
     return {"w8a8": {"smoothing_alpha": INT8_SMOOTHING_ALPHA, "outlier_ratio": OUTLIER_RATIO,

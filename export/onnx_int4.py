@@ -21,43 +21,87 @@ The token embedding (a Gather) is split alike, `table[ids] -> base[ids] + B[ids]
 8 bits (symmetric, a scale per 32 values, GGUF Q8_0's grid, which is how SmolLM2's file stores it): with the
 matmuls split, the 4-bit table was all that was left of the error (built-in model, 4 SciFact queries x 10:
 per-query Spearman 0.976 with it, 1.000 and max drift 6e-5 with the table in fp32).
+
+An adapter with a 1-bit part (`train adapter --one-bit`: each row of a 2-D delta is +-s, one sign a weight and one
+scale a row) is split the same way, its part kept exact too:
+
+    X @ W.T  ->  ... + (X @ sign.T) * s
+
+where `sign` holds +-1. The sign MatMul goes to 4 bits like the base, and exactly so: every block of 32 of +-1
+has its extremes on the min-max grid (codes 0 and 15, or one value alone), whatever s is; s itself multiplies
+the product in fp32 (folded into the weights, a row of tiny s would meet the quantizer's clamp of 2e4 on the
+inverse scale). This doubles the 4-bit MatMul work. The embedding's 1-bit rows are gathered packed, 8 signs a
+byte, and unpacked in the graph (BitShift, BitwiseAnd).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .onnx_int8 import _constant_matmuls, weight_key
 
-#: node-name suffixes of the two fp32 nodes that carry an adapter's delta (kept out of the 4-bit quantizer)
+#: node-name suffixes of the two fp32 nodes that carry an adapter's low-rank delta (kept out of the 4-bit
+#: quantizer), and of the 1-bit part's sign MatMul (4-bit, exactly) and its scale
 _DOWN, _UP, _SUM = "/adapter_a", "/adapter_b", "/adapter_add"
+_SIGNS, _SIGN_SCALE = "/adapter_signs", "/adapter_sign_scale"
 #: values per scale of the 8-bit embedding table (GGUF Q8_0's block)
 Q8_BLOCK = 32
 
 
-def adapter_low_rank(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+class SplitParts(NamedTuple):
+    """What the int4 graph keeps apart from one merged weight's 4-bit base."""
+
+    #: (left, right), `left @ right` the low-rank delta in the layout the graph holds the weight (a MatMul's
+    #: [in, out], a Gather's [rows, width]); None without a low-rank part
+    low_rank: tuple[np.ndarray, np.ndarray] | None
+    #: the 1-bit part in the checkpoint's [rows, cols] layout: True where the delta is +scale; None without one
+    signs: np.ndarray | None
+    #: float32 [rows], the 1-bit part's magnitude per row
+    scales: np.ndarray | None
+
+    def delta(self, matmul: bool) -> np.ndarray:
+        """The whole delta in the graph's layout, computed as adapter.adapter_deltas adds it (B @ A, then the
+        1-bit part), so the base comes back within one float32 rounding of what was merged."""
+        delta = None
+        if self.low_rank is not None:
+            left, right = self.low_rank
+            delta = right.T @ left.T if matmul else left @ right  # B @ A in the checkpoint's layout
+        if self.signs is not None:
+            coded = np.where(self.signs, 1.0, -1.0).astype(np.float32) * self.scales[:, None]
+            delta = coded if delta is None else delta + coded
+        return delta.T if matmul else delta
+
+
+def adapter_parts(model_dir: str | Path) -> dict[str, SplitParts] | None:
     """For a checkpoint that keeps its adapter (None for any other): weight key (onnx_int8.weight_key) of each
-    merged 2-D weight as a graph may hold it -> (left, right) with `left @ right` its delta in that layout: a
-    MatMul's [in, out] weight -> (A.T, B.T), a Gather's [rows, width] table -> (B, A)."""
+    merged 2-D weight as a graph may hold it (a MatMul's [in, out] weight and a Gather's [rows, width] table) ->
+    its SplitParts."""
     from safetensors.numpy import load_file
 
-    from ..adapter import merged_adapter_factors
+    from ..adapter import merged_adapter_parts
 
     model_dir = Path(model_dir)
-    low_rank = merged_adapter_factors(model_dir)
-    if low_rank is None:
+    parts = merged_adapter_parts(model_dir)
+    if parts is None:
         return None
+    low_rank, signs = parts
     merged = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         merged.update(load_file(str(file)))
     keys = {}
-    for name, (b, a) in low_rank.items():
-        if name in merged and merged[name].ndim == 2:
-            weight = merged[name].astype(np.float32)
-            keys[weight_key(weight.T)] = (np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
-            keys[weight_key(weight)] = (b, a)
+    for name in sorted(set(low_rank) | set(signs)):
+        if name not in merged or merged[name].ndim != 2:
+            continue
+        weight = merged[name].astype(np.float32)
+        coded = signs.pop(name, None)  # unpacked, the built-in model's 1-bit part is 540 MB: freed as it goes
+        bits, scales = (None, None) if coded is None else (coded > 0, np.abs(coded).max(axis=1))
+        b, a = low_rank.get(name, (None, None))
+        keys[weight_key(weight.T)] = SplitParts(
+            None if b is None else (np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)), bits, scales)
+        keys[weight_key(weight)] = SplitParts(None if b is None else (b, a), bits, scales)
     return keys
 
 
@@ -71,10 +115,10 @@ def _q8_blocks(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.reshape(rows, width), scales.astype(np.float32)
 
 
-def split_low_rank(model, low_rank: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[object, list[str], int]:
-    """The model (an onnx ModelProto, changed in place) with each MatMul or Gather whose weight is in `low_rank`
-    split into the base and the adapter's delta in fp32; returns (model, names of the nodes the 4-bit
-    quantizers must leave alone, count of weights split)."""
+def split_adapter(model, parts: dict[str, SplitParts]) -> tuple[object, list[str], int]:
+    """The model (an onnx ModelProto, changed in place) with each MatMul or Gather whose weight is in `parts`
+    split into the base and the adapter's delta; returns (model, names of the nodes the 4-bit quantizers must
+    leave alone, count of weights split)."""
     from onnx import TensorProto, helper, numpy_helper
 
     initializers = {init.name: init for init in model.graph.initializer}
@@ -99,27 +143,32 @@ def split_low_rank(model, low_rank: dict[str, tuple[np.ndarray, np.ndarray]]) ->
                 else None
         else:
             weight = None
-        factors = low_rank.get(weight_key(weight)) if weight is not None else None
-        if factors is None:
+        found = parts.get(weight_key(weight)) if weight is not None else None
+        if found is None:
             continue
-        left, right = factors
-        if original.op_type == "Gather" and weight.shape[1] % Q8_BLOCK:
+        is_matmul = original.op_type == "MatMul"
+        if not is_matmul and weight.shape[1] % Q8_BLOCK:
             excluded.append(original.name)  # no 8-bit blocks fit the row: the table stays as merged, in fp32
             continue
-        # The same product as the merge (adapter.adapter_deltas: B @ A in float32), so the base comes back
-        # within one float32 rounding of what was merged.
-        delta = (right.T @ left.T).T if original.op_type == "MatMul" else left @ right
-        base = weight - delta
+        base = weight - found.delta(is_matmul)
         name, output = original.name or f"split_{split}", original.output[0]
-        data = 0 if original.op_type == "Gather" else 1
-        stem = f"{original.input[data]}/split{split}"
-        replaced.add(original.input[data])
-        if original.op_type == "MatMul":
+        stem = f"{original.input[1 if is_matmul else 0]}/split{split}"
+        replaced.add(original.input[1 if is_matmul else 0])
+        terms = []
+        if is_matmul:
+            x = original.input[0]
             original.output[0] = output + "/base"
             original.input[1] = constant(stem + "/base", base.astype(np.float32))
-            down = node("MatMul", [original.input[0], constant(stem + _DOWN, left)], output + _DOWN, name + _DOWN)
-            delta_out = node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP)
-            excluded += [name + _DOWN, name + _UP]
+            if found.low_rank is not None:
+                left, right = found.low_rank
+                down = node("MatMul", [x, constant(stem + _DOWN, left)], output + _DOWN, name + _DOWN)
+                terms.append(node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP))
+                excluded += [name + _DOWN, name + _UP]
+            if found.signs is not None:  # left to the 4-bit quantizer, which keeps +-1 exactly
+                signs = np.ascontiguousarray(np.where(found.signs, 1.0, -1.0).astype(np.float32).T)
+                product = node("MatMul", [x, constant(stem + _SIGNS, signs)], output + _SIGNS, name + _SIGNS)
+                terms.append(node("Mul", [product, constant(stem + _SIGN_SCALE, found.scales)],
+                                  output + _SIGN_SCALE, name + _SIGN_SCALE))
         else:
             ids, width = original.input[1], base.shape[1]
             values, scales = _q8_blocks(base)
@@ -133,15 +182,24 @@ def split_low_rank(model, low_rank: dict[str, tuple[np.ndarray, np.ndarray]]) ->
                         name + "/flat_shape", axis=0)
             row_scales = node("Gather", [constant(stem + "/scales", scales), ids], output + "/scales",
                               name + "/scales")
-            per_block = node("Unsqueeze", [row_scales, constant(stem + "/last", np.array([-1]))],
-                             output + "/scales_1", name + "/scales_1")
+            last = constant(stem + "/last", np.array([-1]))
+            per_block = node("Unsqueeze", [row_scales, last], output + "/scales_1", name + "/scales_1")
             blocks = node("Reshape", [rows, blocked], output + "/blocks", name + "/blocks")
             scaled = node("Mul", [blocks, per_block], output + "/scaled", name + "/scaled")
             node("Reshape", [scaled, flat], output + "/base", name + "/base")
-            down = node("Gather", [constant(stem + _DOWN, left), ids], output + _DOWN, name + _DOWN, axis=0)
-            delta_out = node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP)
-            excluded += [name, name + "/scales", name + _DOWN, name + _UP]
-        node("Add", [output + "/base", delta_out], output, name + _SUM)
+            excluded += [name, name + "/scales"]
+            if found.low_rank is not None:
+                left, right = found.low_rank
+                down = node("Gather", [constant(stem + _DOWN, left), ids], output + _DOWN, name + _DOWN, axis=0)
+                terms.append(node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP))
+                excluded += [name + _DOWN, name + _UP]
+            if found.signs is not None:
+                terms.append(_gather_signs(node, constant, found, ids, flat, last, stem, name, output))
+                excluded += [name + _SIGNS, name + _SIGN_SCALE + "/rows"]
+        total = output + "/base"
+        for number, term in enumerate(terms):
+            total = node("Add", [total, term], output if number == len(terms) - 1 else f"{output}{_SUM}{number}",
+                         name + _SUM if number == len(terms) - 1 else f"{name}{_SUM}{number}")
         split += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
@@ -150,3 +208,28 @@ def split_low_rank(model, low_rank: dict[str, tuple[np.ndarray, np.ndarray]]) ->
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return model, excluded, split
+
+
+def _gather_signs(node, constant, found: SplitParts, ids: str, flat: str, last: str, stem: str, name: str,
+                  output: str) -> str:
+    """The embedding's 1-bit rows for `ids`: gathered as packed bytes (8 signs each, first sign in the high bit,
+    as numpy.packbits writes them), unpacked to +-1 and scaled by each row's s."""
+    from onnx import TensorProto
+
+    packed = node("Gather", [constant(stem + _SIGNS, np.packbits(found.signs, axis=1)), ids], output + _SIGNS,
+                  name + _SIGNS, axis=0)
+    column = node("Unsqueeze", [packed, last], output + _SIGNS + "/column", name + _SIGNS + "/column")
+    shifted = node("BitShift", [column, constant(stem + "/shifts", np.arange(7, -1, -1, dtype=np.uint8))],
+                   output + _SIGNS + "/shifted", name + _SIGNS + "/shifted", direction="RIGHT")
+    bits = node("BitwiseAnd", [shifted, constant(stem + "/one", np.array(1, dtype=np.uint8))],
+                output + _SIGNS + "/bits", name + _SIGNS + "/bits")
+    ones = node("Cast", [bits], output + _SIGNS + "/float", name + _SIGNS + "/float", to=TensorProto.FLOAT)
+    doubled = node("Mul", [ones, constant(stem + "/two", np.array(2.0, dtype=np.float32))],
+                   output + _SIGNS + "/doubled", name + _SIGNS + "/doubled")
+    plus_minus = node("Sub", [doubled, constant(stem + "/unit", np.array(1.0, dtype=np.float32))],
+                      output + _SIGNS + "/pm", name + _SIGNS + "/pm")
+    signs = node("Reshape", [plus_minus, flat], output + _SIGNS + "/flat", name + _SIGNS + "/flat")
+    row_scales = node("Gather", [constant(stem + _SIGN_SCALE, found.scales), ids], output + _SIGN_SCALE + "/rows",
+                      name + _SIGN_SCALE + "/rows", axis=0)
+    per_row = node("Unsqueeze", [row_scales, last], output + _SIGN_SCALE + "/column", name + _SIGN_SCALE + "/column")
+    return node("Mul", [signs, per_row], output + _SIGN_SCALE, name + _SIGN_SCALE)

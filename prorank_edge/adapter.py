@@ -99,7 +99,8 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
 
     base_dir, trained_dir, output_dir = Path(base_dir), Path(trained_dir), Path(output_dir)
     base, trained = _load_pair(base_dir, trained_dir)
-    start_low_rank, start_full, start_signs = ({}, {}, {}) if start_adapter is None else _read_adapter(start_adapter)
+    start_low_rank, start_full, start_signs = ({}, {}, {}) if start_adapter is None else \
+        _read_adapter(start_adapter, with_signs=False)
     if start_signs:
         raise ProrankError(f"{start_adapter}: already holds a 1-bit part; start from a low-rank adapter")
     unused = (set(start_low_rank) | set(start_full)) - set(trained)
@@ -141,8 +142,8 @@ def _rank_of(low_rank: dict) -> int:
 def _read_adapter(adapter_dir: str | Path, with_signs: bool = True) -> tuple[dict, dict, dict]:
     """An adapter's three parts from one read of its weights, float32, names as in the base checkpoint:
     {name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full, and {name: delta} of the 2-D
-    deltas stored in 1 bit a weight (make_sign_adapter; empty for a purely low-rank adapter, and left out unless
-    with_signs: unpacked, the built-in model's signs take 540 MB)."""
+    deltas stored in 1 bit a weight (make_sign_adapter; empty for a purely low-rank adapter, and None in place of
+    each delta unless with_signs: unpacked, the built-in model's signs take 540 MB)."""
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -162,9 +163,12 @@ def _read_adapter(adapter_dir: str | Path, with_signs: bool = True) -> tuple[dic
         elif not key.endswith((_A, _SIGN, _SIGN_SCALE)):
             raise ProrankError(f"{adapter_dir}: unexpected adapter tensor {key}")
     signs = {}
-    for name, (key, scale_key) in (sign_scale_keys(stored) if with_signs else {}).items():
+    for name, (key, scale_key) in sign_scale_keys(stored).items():
         if scale_key not in stored:
             raise ProrankError(f"{adapter_dir}: {key} has no matching {scale_key}")
+        if not with_signs:
+            signs[name] = None
+            continue
         bits, scale = stored[key], stored[scale_key].astype(np.float32)
         if bits.ndim != 2 or scale.shape != (bits.shape[0],):
             raise ProrankError(f"{adapter_dir}: {key} {bits.shape} and {scale_key} {scale.shape} do not "
@@ -186,13 +190,21 @@ def sign_scale_keys(stored: dict) -> dict[str, tuple[str, str]]:
 
 
 def merged_adapter_factors(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
-    """{name: (B, A)} of the adapter a merged checkpoint keeps in MERGED_ADAPTER_FOLDER (apply_adapter writes it),
-    or None for a checkpoint without one: what the 4-bit exporters keep apart from the base."""
+    """{name: (B, A)} of the low-rank part of the adapter a merged checkpoint keeps in MERGED_ADAPTER_FOLDER
+    (apply_adapter writes it), or None for a checkpoint without one."""
+    parts = merged_adapter_parts(model_dir, with_signs=False)
+    return None if parts is None else parts[0]
+
+
+def merged_adapter_parts(model_dir: str | Path, with_signs: bool = True) -> tuple[dict, dict] | None:
+    """({name: (B, A)} of the low-rank part, {name: delta} of the 1-bit part) of the adapter a merged checkpoint
+    keeps, or None for a checkpoint without one: what the 4-bit exporters keep apart from the base. Without
+    with_signs the 1-bit part is not unpacked: its names map to None."""
     adapter_dir = Path(model_dir) / MERGED_ADAPTER_FOLDER
     if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
         return None
-    low_rank, _ = adapter_factors(adapter_dir)
-    return low_rank
+    low_rank, _, signs = _read_adapter(adapter_dir, with_signs)
+    return low_rank, signs
 
 
 def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:

@@ -430,3 +430,31 @@ def grid_base_and_merged(model_dir: Path, root: Path, delta_rank: int = 4) -> tu
     make_adapter(base, tuned, root / "adapter", rank=delta_rank)
     merged = apply_adapter(base, root / "adapter", root / "merged")
     return base, merged
+
+
+def grid_base_and_one_bit(model_dir: Path, root: Path, start_rank: int | None = 4) -> tuple[Path, Path]:
+    """(the grid base of grid_base_and_merged, then that base fine-tuned by a rank-`start_rank` delta, None for
+    none, and a full-rank change of +-s per row, merged back from its 1-bit adapter (`train adapter --one-bit`)).
+    The rows' s span 1e-5 to 1e-2: a 4-bit quantizer that folded s into its scales would meet its clamp."""
+    from prorank_edge.adapter import apply_adapter, make_adapter, make_sign_adapter
+
+    base = rewrite_checkpoint(model_dir, root / "base", lambda name, t: t if t.ndim != 2 else
+                              on_8bit_grid(t) if "embed" in name else on_4bit_grid(t))
+    start = None
+    if start_rank:
+        make_adapter(base, fine_tune(base, root / "start", delta_rank=start_rank), root / "start_adapter",
+                     rank=start_rank)
+        start = root / "start_adapter"
+    generator = np.random.default_rng(1)
+
+    def row_signs(name, tensor):
+        if tensor.ndim != 2:
+            return tensor
+        rows, cols = tensor.shape
+        signs = generator.choice([-1.0, 1.0], size=(rows, cols))
+        scales = 10.0 ** generator.uniform(-5, -2, size=(rows, 1))
+        return (tensor + signs * scales).astype(np.float32)
+
+    tuned = rewrite_checkpoint(root / "start" if start_rank else base, root / "tuned", row_signs)
+    make_sign_adapter(base, tuned, root / "adapter", start_adapter=start)
+    return base, apply_adapter(base, root / "adapter", root / "merged")

@@ -14,6 +14,7 @@ pytest.importorskip("llama_cpp")
 
 from conftest import (  # noqa: E402
     grid_base_and_merged,
+    grid_base_and_one_bit,
     mixed_length_pairs,
     requires_torch,
     scifact_gguf_pairs,
@@ -173,6 +174,18 @@ def test_q4_lora_files_fail_clearly_when_separated_or_misused(tiny_llama_dir, tm
     shutil.move(tmp_path / "model.lora.gguf", tmp_path / "elsewhere.gguf")
     with pytest.raises(ProrankError, match="its LoRA file .*model.lora.gguf is missing"):
         _gguf(model)
+
+
+@requires_torch
+def test_q4_lora_refuses_a_checkpoint_with_a_one_bit_adapter(tiny_qwen2_dir, tmp_path):
+    """A 1-bit part is full rank: no LoRA carries it and 4-bit rounding erases it, so the export says so before
+    writing anything, instead of a file that quietly scores like the base."""
+    from prorank_edge.export.gguf_export import export_gguf
+
+    _, merged = grid_base_and_one_bit(tiny_qwen2_dir, tmp_path / "checkpoints", start_rank=None)
+    with pytest.raises(ProrankError, match=r"1-bit part \(15 weights.*ONNX int4"):
+        export_gguf(merged, tmp_path / "model.gguf", quant="q4_lora")
+    assert not list(tmp_path.glob("model*"))
 
 
 @pytest.mark.slow

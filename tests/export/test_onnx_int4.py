@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
     grid_base_and_merged,
+    grid_base_and_one_bit,
     mixed_length_pairs,
     onnx_backend,
     requires_torch,
@@ -87,19 +88,66 @@ def test_int4_keeps_an_adapters_delta_that_plain_4bit_rounding_loses(base_and_me
     assert len(documents) > 1 and np.abs(on - off).max() < 1e-3
 
 
+@requires_torch
+@pytest.mark.parametrize("start_rank", [4, None], ids=["low_rank_plus_one_bit", "one_bit_only"])
+def test_int4_keeps_a_one_bit_adapter_exactly(tiny_qwen2_dir, tmp_path, start_rank):
+    """A 1-bit adapter (`train adapter --one-bit`) is full rank: the int4 graph carries it as +-1 in 4 bits (exact
+    on the min-max grid) times its fp32 row scales, and the embedding's rows packed 8 signs a byte."""
+    from onnx import load
+    from safetensors import safe_open
+
+    from prorank_edge.export.onnx_export import export_onnx
+
+    _, merged = grid_base_and_one_bit(tiny_qwen2_dir, tmp_path / "checkpoints", start_rank=start_rank)
+    with safe_open(str(merged / MERGED_ADAPTER_FOLDER / "adapter.safetensors"), framework="numpy") as stored:
+        one_bit = sum(key.endswith(".sign") for key in stored.keys())
+    plain = tmp_path / "plain_checkpoint"
+    shutil.copytree(merged, plain)
+    shutil.rmtree(plain / MERGED_ADAPTER_FOLDER)
+
+    info = export_onnx(merged, tmp_path / "split", quant="int4")
+    export_onnx(plain, tmp_path / "plain", quant="int4")
+    assert info["int4"]["one_bit_weights"] == one_bit == 15  # the body's 14 matrices and the tied embedding
+    assert info["int4"]["adapter_rank"] == (start_rank or 0)
+
+    graph = load(str(tmp_path / "split" / "model.onnx"), load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    # each of the 14 matrices: a 4-bit base and a 4-bit sign MatMul (a silent fallback to fp32 fails here)
+    assert ops.count("MatMulNBits") == 28 and ops.count("BitShift") == 1
+    assert sum(op == "MatMul" and "/adapter_signs" in n.name for op, n in zip(ops, graph.node)) == 0
+
+    pairs = mixed_length_pairs(16)
+    reference = _scores(torch_fp32_backend(merged), pairs)
+    split = _scores(onnx_backend(tmp_path / "split"), pairs)
+    rounded = _scores(onnx_backend(tmp_path / "plain"), pairs)
+    split_error, rounded_error = np.abs(split - reference).max(), np.abs(rounded - reference).max()
+    print(f"\nint4 of a 1-bit adapter, max |score - fp32|: split {split_error:.2e}, merged rounded {rounded_error:.2e}")
+    assert split_error < 1e-3 < rounded_error
+
+    from prorank_edge import Reranker  # the prefix graphs carry the 1-bit part too
+
+    query = pairs[0][0]
+    candidates = [(query, doc) for q, doc in pairs if q == query]
+    with Reranker(str(tmp_path / "split"), prefix_cache=True) as cached:
+        on = cached.predict(candidates)
+        assert cached.describe()["computed_tokens"] < cached.describe()["prompt_tokens"]
+    expected = reference[[i for i, (q, _) in enumerate(pairs) if q == query]]
+    assert len(candidates) > 1 and np.abs(on - expected).max() < 1e-3
+
+
 def test_an_adapter_that_matches_no_weight_of_the_graph_is_an_error(base_and_merged, tmp_path):
     """A graph whose weights are stored otherwise than the checkpoint's (say, a tracer that keeps a Transpose)
     must not quietly become plain int4, which loses the fine-tuning."""
     from prorank_edge.errors import ProrankError
     from prorank_edge.export.onnx_export import _quantize_int4, export_onnx
-    from prorank_edge.export.onnx_int4 import adapter_low_rank
+    from prorank_edge.export.onnx_int4 import adapter_parts
 
     base, merged = base_and_merged
     export_onnx(base, tmp_path / "fp32")
-    low_rank = adapter_low_rank(merged)  # keys of the merged weights, which the base's graph does not hold
+    parts = adapter_parts(merged)  # keys of the merged weights, which the base's graph does not hold
     with pytest.raises(ProrankError, match="no MatMul weight of this graph is one the checkpoint's adapter"):
-        _quantize_int4(tmp_path / "fp32" / "model.onnx", tmp_path / "int4.onnx", low_rank)
-    assert adapter_low_rank(base) is None  # a checkpoint without an adapter: plain int4
+        _quantize_int4(tmp_path / "fp32" / "model.onnx", tmp_path / "int4.onnx", parts)
+    assert adapter_parts(base) is None  # a checkpoint without an adapter: plain int4
 
 
 @pytest.mark.slow
