@@ -36,21 +36,30 @@ def _scores(backend, pairs):
     return backend.score_batch(backend.prompts.build_pairs(pairs))
 
 
+def _split_and_rounded(merged, tmp_path):
+    """int4 of the checkpoint (its adapter split off) into tmp_path/split, and of the same merged weights without
+    the adapter folder (plainly rounded) into tmp_path/plain; returns (split's export info, the test pairs, and
+    their torch fp32, split and rounded scores)."""
+    from prorank_edge.export.onnx_export import export_onnx
+
+    plain = tmp_path / "plain_checkpoint"
+    shutil.copytree(merged, plain)
+    shutil.rmtree(plain / MERGED_ADAPTER_FOLDER)
+    info = export_onnx(merged, tmp_path / "split", quant="int4")
+    export_onnx(plain, tmp_path / "plain", quant="int4")
+    pairs = mixed_length_pairs(16)
+    return (info, pairs, _scores(torch_fp32_backend(merged), pairs), _scores(onnx_backend(tmp_path / "split"), pairs),
+            _scores(onnx_backend(tmp_path / "plain"), pairs))
+
+
 @requires_torch
 def test_int4_keeps_an_adapters_delta_that_plain_4bit_rounding_loses(base_and_merged, tmp_path):
     from onnx import TensorProto, load
     from scipy.stats import spearmanr
 
-    from prorank_edge.export.onnx_export import export_onnx
-
     _, merged = base_and_merged
     assert (merged / MERGED_ADAPTER_FOLDER / "adapter.safetensors").is_file()  # apply_adapter keeps it
-    plain = tmp_path / "plain_checkpoint"
-    shutil.copytree(merged, plain)
-    shutil.rmtree(plain / MERGED_ADAPTER_FOLDER)
-
-    info = export_onnx(merged, tmp_path / "split", quant="int4")
-    export_onnx(plain, tmp_path / "plain", quant="int4")
+    info, pairs, reference, split, rounded = _split_and_rounded(merged, tmp_path)
     assert info["int4"]["base_plus_adapter"] and info["int4"]["adapter_rank"] == 4
 
     graph = load(str(tmp_path / "split" / "model.onnx"), load_external_data=False).graph
@@ -66,10 +75,6 @@ def test_int4_keeps_an_adapters_delta_that_plain_4bit_rounding_loses(base_and_me
     assert "GatherBlockQuantized" not in ops and sorted(t.data_type for t in tables) == [
         TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT8]  # scales, the delta's B, the int8 base
 
-    pairs = mixed_length_pairs(16)
-    reference = _scores(torch_fp32_backend(merged), pairs)
-    split = _scores(onnx_backend(tmp_path / "split"), pairs)
-    rounded = _scores(onnx_backend(tmp_path / "plain"), pairs)
     split_error, rounded_error = np.abs(split - reference).max(), np.abs(rounded - reference).max()
     print(f"\nint4 max |score - fp32|: base + adapter {split_error:.2e}, merged weights rounded {rounded_error:.2e}")
     # the base is on the grid, so what is left is fp32 rounding, not quantization
@@ -96,17 +101,10 @@ def test_int4_keeps_a_one_bit_adapter_exactly(tiny_qwen2_dir, tmp_path, start_ra
     from onnx import load
     from safetensors import safe_open
 
-    from prorank_edge.export.onnx_export import export_onnx
-
     _, merged = grid_base_and_one_bit(tiny_qwen2_dir, tmp_path / "checkpoints", start_rank=start_rank)
     with safe_open(str(merged / MERGED_ADAPTER_FOLDER / "adapter.safetensors"), framework="numpy") as stored:
         one_bit = sum(key.endswith(".sign") for key in stored.keys())
-    plain = tmp_path / "plain_checkpoint"
-    shutil.copytree(merged, plain)
-    shutil.rmtree(plain / MERGED_ADAPTER_FOLDER)
-
-    info = export_onnx(merged, tmp_path / "split", quant="int4")
-    export_onnx(plain, tmp_path / "plain", quant="int4")
+    info, pairs, reference, split, rounded = _split_and_rounded(merged, tmp_path)
     assert info["int4"]["one_bit_weights"] == one_bit == 15  # the body's 14 matrices and the tied embedding
     assert info["int4"]["adapter_rank"] == (start_rank or 0)
 
@@ -116,10 +114,6 @@ def test_int4_keeps_a_one_bit_adapter_exactly(tiny_qwen2_dir, tmp_path, start_ra
     assert ops.count("MatMulNBits") == 28 and ops.count("BitShift") == 1
     assert sum(op == "MatMul" and "/adapter_signs" in n.name for op, n in zip(ops, graph.node)) == 0
 
-    pairs = mixed_length_pairs(16)
-    reference = _scores(torch_fp32_backend(merged), pairs)
-    split = _scores(onnx_backend(tmp_path / "split"), pairs)
-    rounded = _scores(onnx_backend(tmp_path / "plain"), pairs)
     split_error, rounded_error = np.abs(split - reference).max(), np.abs(rounded - reference).max()
     print(f"\nint4 of a 1-bit adapter, max |score - fp32|: split {split_error:.2e}, merged rounded {rounded_error:.2e}")
     assert split_error < 1e-3 < rounded_error
