@@ -86,7 +86,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
             raise ProrankError(f"{lora_path} already exists; pass overwrite=True (--overwrite) to replace it")
         from ..adapter import merged_adapter_parts
 
-        low_rank, one_bit = merged_adapter_parts(model_dir, with_signs=False) or ({}, {})
+        low_rank, one_bit = merged_adapter_parts(model_dir) or ({}, {})
         if one_bit:
             # Its +-s rows are full rank: no LoRA carries them, and 4-bit rounding of the merged weights erases them.
             raise ProrankError(f"{model_dir}: its adapter has a 1-bit part ({len(one_bit)} weights, `train adapter "

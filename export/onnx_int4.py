@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..adapter import merged_adapter_parts, unpack_signs
 from .onnx_int8 import _constant_matmuls, weight_key
 
 #: node-name suffixes of the two fp32 nodes that carry an adapter's low-rank delta (kept out of the 4-bit
@@ -57,7 +58,8 @@ class SplitParts(NamedTuple):
     #: (left, right), `left @ right` the low-rank delta in the layout the graph holds the weight (a MatMul's
     #: [in, out], a Gather's [rows, width]); None without a low-rank part
     low_rank: tuple[np.ndarray, np.ndarray] | None
-    #: the 1-bit part in the checkpoint's [rows, cols] layout: True where the delta is +scale; None without one
+    #: the 1-bit part in the checkpoint's [rows, cols] layout, packed 8 signs a byte along each row as the adapter
+    #: stores it (numpy.packbits: first sign in the high bit; a set bit is +scale); None without one
     signs: np.ndarray | None
     #: float32 [rows], the 1-bit part's magnitude per row
     scales: np.ndarray | None
@@ -70,7 +72,7 @@ class SplitParts(NamedTuple):
             left, right = self.low_rank
             delta = right.T @ left.T if matmul else left @ right  # B @ A in the checkpoint's layout
         if self.signs is not None:
-            coded = np.where(self.signs, 1.0, -1.0).astype(np.float32) * self.scales[:, None]
+            coded = unpack_signs(self.signs, self.scales)
             delta = coded if delta is None else delta + coded
         return delta.T if matmul else delta
 
@@ -80,8 +82,6 @@ def adapter_parts(model_dir: str | Path) -> dict[str, SplitParts] | None:
     merged 2-D weight as a graph may hold it (a MatMul's [in, out] weight and a Gather's [rows, width] table) ->
     its SplitParts."""
     from safetensors.numpy import load_file
-
-    from ..adapter import merged_adapter_parts
 
     model_dir = Path(model_dir)
     parts = merged_adapter_parts(model_dir)
@@ -96,8 +96,7 @@ def adapter_parts(model_dir: str | Path) -> dict[str, SplitParts] | None:
         if name not in merged or merged[name].ndim != 2:
             continue
         weight = merged[name].astype(np.float32)
-        coded = signs.pop(name, None)  # unpacked, the built-in model's 1-bit part is 540 MB: freed as it goes
-        bits, scales = (None, None) if coded is None else (coded > 0, np.abs(coded).max(axis=1))
+        bits, scales = signs.get(name, (None, None))
         b, a = low_rank.get(name, (None, None))
         keys[weight_key(weight.T)] = SplitParts(
             None if b is None else (np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)), bits, scales)
@@ -165,7 +164,7 @@ def split_adapter(model, parts: dict[str, SplitParts]) -> tuple[object, list[str
                 terms.append(node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP))
                 excluded += [name + _DOWN, name + _UP]
             if found.signs is not None:  # left to the 4-bit quantizer, which keeps +-1 exactly
-                signs = np.ascontiguousarray(np.where(found.signs, 1.0, -1.0).astype(np.float32).T)
+                signs = np.ascontiguousarray(np.unpackbits(found.signs, axis=1).astype(np.float32).T * 2 - 1)
                 product = node("MatMul", [x, constant(stem + _SIGNS, signs)], output + _SIGNS, name + _SIGNS)
                 terms.append(node("Mul", [product, constant(stem + _SIGN_SCALE, found.scales)],
                                   output + _SIGN_SCALE, name + _SIGN_SCALE))
@@ -216,8 +215,7 @@ def _gather_signs(node, constant, found: SplitParts, ids: str, flat: str, last: 
     as numpy.packbits writes them), unpacked to +-1 and scaled by each row's s."""
     from onnx import TensorProto
 
-    packed = node("Gather", [constant(stem + _SIGNS, np.packbits(found.signs, axis=1)), ids], output + _SIGNS,
-                  name + _SIGNS, axis=0)
+    packed = node("Gather", [constant(stem + _SIGNS, found.signs), ids], output + _SIGNS, name + _SIGNS, axis=0)
     column = node("Unsqueeze", [packed, last], output + _SIGNS + "/column", name + _SIGNS + "/column")
     shifted = node("BitShift", [column, constant(stem + "/shifts", np.arange(7, -1, -1, dtype=np.uint8))],
                    output + _SIGNS + "/shifted", name + _SIGNS + "/shifted", direction="RIGHT")

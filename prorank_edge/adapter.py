@@ -99,8 +99,7 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
 
     base_dir, trained_dir, output_dir = Path(base_dir), Path(trained_dir), Path(output_dir)
     base, trained = _load_pair(base_dir, trained_dir)
-    start_low_rank, start_full, start_signs = ({}, {}, {}) if start_adapter is None else \
-        _read_adapter(start_adapter, with_signs=False)
+    start_low_rank, start_full, start_signs = ({}, {}, {}) if start_adapter is None else _read_adapter(start_adapter)
     if start_signs:
         raise ProrankError(f"{start_adapter}: already holds a 1-bit part; start from a low-rank adapter")
     unused = (set(start_low_rank) | set(start_full)) - set(trained)
@@ -139,11 +138,12 @@ def _rank_of(low_rank: dict) -> int:
     return max((a.shape[0] for _, a in low_rank.values()), default=0)
 
 
-def _read_adapter(adapter_dir: str | Path, with_signs: bool = True) -> tuple[dict, dict, dict]:
-    """An adapter's three parts from one read of its weights, float32, names as in the base checkpoint:
-    {name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full, and {name: delta} of the 2-D
-    deltas stored in 1 bit a weight (make_sign_adapter; empty for a purely low-rank adapter, and None in place of
-    each delta unless with_signs: unpacked, the built-in model's signs take 540 MB)."""
+def _read_adapter(adapter_dir: str | Path) -> tuple[dict, dict, dict]:
+    """An adapter's three parts from one read of its weights, names as in the base checkpoint: {name: (B, A)} of
+    the low-rank 2-D deltas and {name: delta} of those stored in full, float32, and {name: (signs, scales)} of the
+    2-D deltas stored in 1 bit a weight as make_sign_adapter wrote them (signs packed 8 a byte along each row,
+    scales float32 a row; empty for a purely low-rank adapter). unpack_signs makes such a part a delta: unpacked,
+    the built-in model's 1-bit part takes 540 MB, so only the callers that need it pay for it."""
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -166,21 +166,25 @@ def _read_adapter(adapter_dir: str | Path, with_signs: bool = True) -> tuple[dic
     for name, (key, scale_key) in sign_scale_keys(stored).items():
         if scale_key not in stored:
             raise ProrankError(f"{adapter_dir}: {key} has no matching {scale_key}")
-        if not with_signs:
-            signs[name] = None
-            continue
         bits, scale = stored[key], stored[scale_key].astype(np.float32)
         if bits.ndim != 2 or scale.shape != (bits.shape[0],):
             raise ProrankError(f"{adapter_dir}: {key} {bits.shape} and {scale_key} {scale.shape} do not "
                                "describe one matrix")
-        signs[name] = (np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1) * scale[:, None]
+        signs[name] = (bits, scale)
     return low_rank, full, signs
+
+
+def unpack_signs(bits: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float32 delta of a 1-bit part: +scale where its bit is set, -scale elsewhere, one scale a row."""
+    import numpy as np
+
+    return (np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1) * scales[:, None]
 
 
 def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
     """({name: (B, A)} of the low-rank 2-D deltas, {name: delta} of those stored in full), float32, names as in
     the base checkpoint. Needs numpy and safetensors only."""
-    low_rank, full, _ = _read_adapter(adapter_dir, with_signs=False)
+    low_rank, full, _ = _read_adapter(adapter_dir)
     return low_rank, full
 
 
@@ -192,18 +196,18 @@ def sign_scale_keys(stored: dict) -> dict[str, tuple[str, str]]:
 def merged_adapter_factors(model_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """{name: (B, A)} of the low-rank part of the adapter a merged checkpoint keeps in MERGED_ADAPTER_FOLDER
     (apply_adapter writes it), or None for a checkpoint without one."""
-    parts = merged_adapter_parts(model_dir, with_signs=False)
+    parts = merged_adapter_parts(model_dir)
     return None if parts is None else parts[0]
 
 
-def merged_adapter_parts(model_dir: str | Path, with_signs: bool = True) -> tuple[dict, dict] | None:
-    """({name: (B, A)} of the low-rank part, {name: delta} of the 1-bit part) of the adapter a merged checkpoint
-    keeps, or None for a checkpoint without one: what the 4-bit exporters keep apart from the base. Without
-    with_signs the 1-bit part is not unpacked: its names map to None."""
+def merged_adapter_parts(model_dir: str | Path) -> tuple[dict, dict] | None:
+    """({name: (B, A)} of the low-rank part, {name: (signs, scales)} of the 1-bit part, packed as stored) of the
+    adapter a merged checkpoint keeps, or None for a checkpoint without one: what the 4-bit exporters keep apart
+    from the base."""
     adapter_dir = Path(model_dir) / MERGED_ADAPTER_FOLDER
     if not (adapter_dir / ADAPTER_WEIGHTS_FILENAME).is_file():
         return None
-    low_rank, _, signs = _read_adapter(adapter_dir, with_signs)
+    low_rank, _, signs = _read_adapter(adapter_dir)
     return low_rank, signs
 
 
@@ -212,7 +216,8 @@ def adapter_deltas(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     the rest. Needs numpy and safetensors only."""
     low_rank, full, signs = _read_adapter(adapter_dir)
     deltas = {**full, **{name: b @ a for name, (b, a) in low_rank.items()}}
-    for name, delta in signs.items():
+    for name, part in signs.items():
+        delta = unpack_signs(*part)
         deltas[name] = deltas[name] + delta if name in deltas else delta
     return deltas
 

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.qwen05_model import copy_qwen_tokenizer
 from prorank_edge.contract import ScoringContract
+from prorank_edge.devices import int8_sums_may_saturate
 
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
@@ -49,16 +50,10 @@ requires_torch = pytest.mark.skipif(not (has_module("torch") and has_module("tra
                                     reason="torch extra not installed")
 
 
-def _int8_sums_may_saturate() -> bool:
-    from prorank_edge.devices import int8_sums_may_saturate
-
-    return int8_sums_may_saturate()
-
-
 #: for checks of how close an int8 scheme comes to fp32, which assume the integer GEMM adds exactly: on x86 without
 #: VNNI onnxruntime's and OpenVINO's u8 x s8 kernels add neighbouring products in saturating int16 (vpmaddubsw),
 #: an error of the CPU, not of the scheme (tests/export/test_onnx_int8.py models it, and the backend warns of it)
-requires_exact_int8_sums = pytest.mark.skipif(_int8_sums_may_saturate(), reason="this CPU (x86 without VNNI) "
+requires_exact_int8_sums = pytest.mark.skipif(int8_sums_may_saturate(), reason="this CPU (x86 without VNNI) "
                                               "adds int8 products in saturating int16 pairs")
 
 
