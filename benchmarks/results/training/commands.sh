@@ -166,6 +166,8 @@ apply_adapter(resolve_model('smollm2').path, 'runs/round12/round1_adapter', 'run
 .venv/bin/prorank-edge train adapter --model runs/round13/stage2 --base smollm2 --output runs/round13/adapter \
   --one-bit --distill-steps 40 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 \
   --max-queries 100  # -> round13/adapter.json
+# all of the above again, unattended, with the adapter copied into round13/adapter/ (the first one was lost):
+#   bash benchmarks/results/training/round13/retrain.sh
 # next (started, did not finish in the session): the test figure of the merged 1-bit adapter
 .venv/bin/python -c "from prorank_edge.adapter import apply_adapter; from prorank_edge.models import resolve_model; \
 apply_adapter(resolve_model('smollm2').path, 'runs/round13/adapter', 'runs/round13/adapter_merged')"
