@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..adapter import merged_adapter_parts, unpack_signs
+from ..adapter import merged_adapter_parts, sign_matrix, unpack_signs
 from .onnx_int8 import _constant_matmuls, weight_key
 
 #: node-name suffixes of the two fp32 nodes that carry an adapter's low-rank delta (kept out of the 4-bit
@@ -164,7 +164,7 @@ def split_adapter(model, parts: dict[str, SplitParts]) -> tuple[object, list[str
                 terms.append(node("MatMul", [down, constant(stem + _UP, right)], output + _UP, name + _UP))
                 excluded += [name + _DOWN, name + _UP]
             if found.signs is not None:  # left to the 4-bit quantizer, which keeps +-1 exactly
-                signs = np.ascontiguousarray(np.unpackbits(found.signs, axis=1).astype(np.float32).T * 2 - 1)
+                signs = np.ascontiguousarray(sign_matrix(found.signs).T)
                 product = node("MatMul", [x, constant(stem + _SIGNS, signs)], output + _SIGNS, name + _SIGNS)
                 terms.append(node("Mul", [product, constant(stem + _SIGN_SCALE, found.scales)],
                                   output + _SIGN_SCALE, name + _SIGN_SCALE))

@@ -174,11 +174,16 @@ def _read_adapter(adapter_dir: str | Path) -> tuple[dict, dict, dict]:
     return low_rank, full, signs
 
 
-def unpack_signs(bits: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """The float32 delta of a 1-bit part: +scale where its bit is set, -scale elsewhere, one scale a row."""
+def sign_matrix(bits: np.ndarray) -> np.ndarray:
+    """A 1-bit part's signs, packed 8 a byte along each row (numpy.packbits), as float32 +1 (bit set) and -1."""
     import numpy as np
 
-    return (np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1) * scales[:, None]
+    return np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1
+
+
+def unpack_signs(bits: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float32 delta of a 1-bit part: +scale where its bit is set, -scale elsewhere, one scale a row."""
+    return sign_matrix(bits) * scales[:, None]
 
 
 def adapter_factors(adapter_dir: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapter import apply_adapter, sign_scale_keys
+from ..adapter import apply_adapter, sign_matrix, sign_scale_keys
 from ..formats import ADAPTER_WEIGHTS_FILENAME
 from .common import load_model_and_tokenizer
 from .data import Passage
@@ -66,7 +66,7 @@ def distill_sign_scales(base_dir: str | Path, adapter_dir: str | Path, teacher_d
         module = modules.get(name.removesuffix(".weight"))
         if not isinstance(module, torch.nn.Linear):
             continue  # the tied embedding (see the module docstring)
-        signs = torch.from_numpy(np.unpackbits(stored[sign_key], axis=1).astype(np.float32) * 2 - 1)
+        signs = torch.from_numpy(sign_matrix(stored[sign_key]))
         factors[scale_key] = (_row_scaled(module, signs, torch.from_numpy(stored[scale_key].astype(np.float32))),
                               module)
     optimizer = torch.optim.Adam([factor for factor, _ in factors.values()], lr=learning_rate)
