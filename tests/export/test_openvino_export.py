@@ -105,10 +105,11 @@ def test_int8_tracks_torch_fp32_with_and_without_prefix_reuse(artifact, checkpoi
     print(f"\nopenvino int8: max |whole - fp32| {np.abs(whole - expected).max():.3f} of a spread {spread:.3f}, "
           f"max |reused - whole| {np.abs(reused - whole).max():.2e}")
     assert np.abs(reused - whole).max() < 0.02 * spread  # computing the prefix once changes next to nothing
-    for got in (whole, reused) if not int8_sums_may_saturate() else ():  # (x86 without VNNI adds its own error)
-        # int8 moves a random model's scores by a few percent of their spread and keeps their order
-        assert np.abs(got - expected).max() < 0.15 * spread
-        assert per_query_spearman(expected, got, pairs) > 0.9
+    if not int8_sums_may_saturate():  # (x86 without VNNI adds its own error to both)
+        for got in (whole, reused):
+            # int8 moves a random model's scores by a few percent of their spread and keeps their order
+            assert np.abs(got - expected).max() < 0.15 * spread
+            assert per_query_spearman(expected, got, pairs) > 0.9
     counts = backend.token_counts
     assert counts["computed_tokens"] < counts["prompt_tokens"]
 
