@@ -5,14 +5,18 @@ there is no separate prefix call; a registered transformers attention function g
 keys and values into a padded [batch, heads, S, D] block behind the prefix's keys and runs one SDPA with the
 block mask. Scores equal the shipped path's (0.0 difference on two queries; 2.7e-5 against whole prompts).
 
-    .venv/bin/python benchmarks/results/prefix_cache_avx2_paired/packed_prefix_probe.py 3 8
+    .venv/bin/python benchmarks/results/prefix_cache_avx2_paired/packed_prefix_probe.py 3 8 [chunks]
 
 AMD EPYC, AVX2 only, 2 cores, torch 2.13.0, transformers 4.57.6, 2026-12-07; 3 SciFact test queries x BM25
 top 10, 8 alternations, per-query paired medians against the cache off: shipped 1.158x, packed 1.145x; sums of
 times 127.3 s (off), 108.9 s (shipped), 110.2 s (packed). Whole prompts packed (no cache) ran 5-8% slower than
 the padded batch on one low-padding query.
+`chunks` (a third argument) takes prefix_cache.py's ~150-token chunks in 512-token prompts instead: one query, one
+round, run beside a training job, read packed 1.59x against the shipped 1.14x; measured cleanly afterwards
+(../prefix_cache_avx2_packed/ab.json, 6 queries x 4 rounds) the difference is 1.03x, so that reading was the
+neighbour's.
 """
-import time, sys, numpy as np, torch
+import time, sys, types, numpy as np, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3]))
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -97,28 +101,40 @@ def packed_whole(backend, prompts):
 from prorank_edge.reranker import Reranker
 from prorank_edge.evaluation.beir import load_beir
 from prorank_edge.evaluation.bm25 import BM25Retriever
-data = load_beir(str(__import__("pathlib").Path(__file__).resolve().parents[4] / "shared/data/beir/scifact"), "test")
-qids = list(data.queries)[:int(sys.argv[1])]
-docs, _ = BM25Retriever(data.corpus).retrieve([data.queries[q] for q in qids], 10)
-work = [(data.queries[q], [data.corpus[x].full_text for x in d]) for q, d in zip(qids, docs)]
+root = __import__("pathlib").Path(__file__).resolve().parents[4] / "shared/data/beir/scifact"
+chunks = len(sys.argv) > 3 and sys.argv[3] == "chunks"
+if chunks:  # prefix_cache.py's ~150-token chunks in 512-token prompts with the long instruction, 20 a query
+    from prorank_edge.benchmarks.prefix_cache import LONG_INSTRUCTION, build_workloads
+    workload = build_workloads(root, int(sys.argv[1]), [], 20)[-1]
+    work = [(q["text"], q["documents"]) for q in workload["queries"]]
+    max_length, instruction = 512, LONG_INSTRUCTION
+else:
+    data = load_beir(str(root), "test")
+    qids = list(data.queries)[:int(sys.argv[1])]
+    docs, _ = BM25Retriever(data.corpus).retrieve([data.queries[q] for q in qids], 10)
+    work = [(data.queries[q], [data.corpus[x].full_text for x in d]) for q, d in zip(qids, docs)]
+    max_length, instruction = None, None
 rr = {}
 for name in ("old-off", "old-on", "packed-on"):
-    r = Reranker(backend="torch", device="cpu", dtype="float32", batch_size=16, prefix_cache=name.endswith("-on"))
+    r = Reranker(backend="torch", device="cpu", dtype="float32", batch_size=16, prefix_cache=name.endswith("-on"),
+                 max_length=max_length)
     if name.startswith("packed"):
         be = r.backend
         be.model.config._attn_implementation = NAME
         be.padding_call_cost = None
         be._pk = None
         be.score_with_prefix = types.MethodType(lambda self, p, s: packed_scores(self, p, s), be)
-    r.rank(*work[0])
     rr[name] = r
+first = {n: {x["corpus_id"]: x["score"] for x in r.rank(*work[0], instruction=instruction)} for n, r in rr.items()}
+for n in ("old-on", "packed-on"):
+    print(n, "max |score - old-off| on the first query", max(abs(first[n][i] - first["old-off"][i]) for i in first[n]))
 times = {n: [] for n in rr}
 names = list(rr)
 for rnd in range(int(sys.argv[2])):
     for q, d in work:
         order = names if rnd % 2 == 0 else names[::-1]
         for n in order:
-            t = time.perf_counter(); rr[n].rank(q, d); times[n].append(time.perf_counter() - t)
+            t = time.perf_counter(); rr[n].rank(q, d, instruction=instruction); times[n].append(time.perf_counter() - t)
 t = {n: np.array(v) for n, v in times.items()}
 for n in ("old-on", "packed-on"):
     ratio = t["old-off"] / t[n]
