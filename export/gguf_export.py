@@ -2,7 +2,9 @@
 
 The converter is our own and covers only the two architectures ProRank uses. It writes f16 with the `gguf`
 package, then `llama_model_quantize` (llama-cpp-python) makes q8_0 or q4_k_m, since the numpy quantizers
-in `gguf` cannot make K-quants. Beside llama.cpp's usual keys, two keys make the file a complete reranker:
+in `gguf` cannot make K-quants; q4_k_m then gets its most sensitive matrices (ffn_down, q/k/v) back at Q8_0
+from the same f16 file (formats.GGUF_Q8_0_MATRICES: llama.cpp's C API takes no per-tensor types).
+Beside llama.cpp's usual keys, two keys make the file a complete reranker:
 
     prorank.contract        the scoring contract as JSON, label token ids filled in
     prorank.tokenizer_json  the checkpoint's tokenizer.json, so the runtime tokenizes exactly like torch
@@ -32,6 +34,7 @@ from ..formats import (
     GGUF_FTYPES,
     GGUF_HEAD_TYPES,
     GGUF_LORA_KEY,
+    GGUF_Q8_0_MATRICES,
     GGUF_RANK_HEAD_KEY,
     GGUF_RERANK_TEMPLATE_NAME,
     GGUF_TOKENIZER_JSON_KEY,
@@ -115,6 +118,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         scales = smoothing_scales(maxima, weight_maxima, config, smoothing_alpha)
 
     lora_info = None
+    q8_0_matrices = 0
     with staged(output_path) as partial:
         fallback = None
         if lora_path is not None:
@@ -134,6 +138,8 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
                                      bf16=quant == "bf16")
             if quant not in GGUF_UNQUANTIZED:
                 fallback = _quantize(unquantized, partial, quant)
+                if quant in GGUF_Q8_0_MATRICES:
+                    q8_0_matrices = _requantize_to_q8_0(partial, unquantized, GGUF_Q8_0_MATRICES[quant])
                 unquantized.unlink()
         tokenizer_check = _check_with_llama_cpp(partial, prompts.tokenizer) if _has_llama_cpp() else None
         rank_check = _check_rank_pooling(partial, prompts) if rank_head and _has_llama_cpp() else None
@@ -147,6 +153,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, quant: str = "f1
         "pre_tokenizer": pre,
         "llama_tokenizer_matches_hf": tokenizer_check,
         "quant_fallback": fallback,
+        "q8_0_matrices": q8_0_matrices,
         "head_type": GGUF_HEAD_TYPES.get(quant, "GGML_TYPE_F16").removeprefix("GGML_TYPE_").lower(),
         "smoothing_alpha": smoothing_alpha,
         "rank_head": rank_head,
@@ -452,6 +459,39 @@ def _quantize(source: Path, target: Path, quant: str) -> str | None:
     # e.g. SmolLM2's 576 columns are no multiple of 256, so most q4_K tensors fall back to q5_0.
     notes = [m.group(1) for _, text in log if (m := re.search(r"(\d+ of \d+ tensor\(s\)) required fallback", text))]
     return f"{notes[-1]} fell back to a non-K quant type" if notes else None
+
+
+def _requantize_to_q8_0(quantized: Path, source: Path, parts: tuple[str, ...]) -> int:
+    """Rewrite `quantized` with its matrices whose names contain one of `parts` at Q8_0, rounded by gguf-py from
+    the same (smoothed) f16 file llama.cpp quantized; everything else byte for byte. Returns how many."""
+    import gguf
+
+    from ..gguf_adapter import _copy_fields, _field
+
+    reader = gguf.GGUFReader(str(quantized))
+    originals = {t.name: t for t in gguf.GGUFReader(str(source)).tensors}
+    mixed = quantized.with_name(quantized.name + ".q8_0")
+    writer = gguf.GGUFWriter(str(mixed), _field(reader, "general.architecture"))
+    count = 0
+    try:
+        _copy_fields(reader, writer, gguf)
+        writer.add_file_type(int(_field(reader, "general.file_type")))
+        for tensor in reader.tensors:
+            if len(tensor.shape) == 2 and any(part in tensor.name for part in parts):
+                weight = np.asarray(originals[tensor.name].data, dtype=np.float32)
+                writer.add_tensor(tensor.name, gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
+                                  raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                count += 1
+            else:
+                writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    del reader
+    os.replace(mixed, quantized)
+    return count
 
 
 def _check_with_llama_cpp(path: Path, tokenizer) -> bool:

@@ -28,7 +28,8 @@ def _quant_help() -> str:
               "matrices, which llama.cpp multiplies natively on CPUs with AVX-512 BF16 or AMX (1.25-1.43x f16 on "
               "an EPYC); elsewhere f16 is the unquantized level. q4_lora: 4-bit matrices on llama.cpp's fast q4_0 "
               "kernels plus a LoRA file that restores Q4_1's block offsets and keeps a merged adapter's delta exact "
-              "(the built-in model keeps its ranking at 4 bits); stock llama.cpp takes it as `--lora NAME.lora.gguf`.")
+              "(the built-in model keeps its ranking at 4 bits); stock llama.cpp takes it as `--lora NAME.lora.gguf`. "
+              "q4_k_m: llama.cpp's mix with ffn_down and q/k/v kept at Q8_0, which hold most of its ranking loss.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Folder (onnx, openvino) or .gguf file (gguf) to write; written under a temporary name, then "
                    "renamed.")

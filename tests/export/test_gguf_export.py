@@ -177,8 +177,14 @@ def test_quantized_files_keep_the_score_head_finer_than_the_body(wide_qwen2_dir,
         head = "token_embd.weight" if tied else "output.weight"
         q8 = tensor_types(gguf_cache(model_dir, "q8_0")[0])
         assert q8[head] == "F16" and q8["blk.0.ffn_up.weight"] == "Q8_0", q8
-        q4 = tensor_types(gguf_cache(model_dir, "q4_k_m")[0])
+        q4_path, q4_info = gguf_cache(model_dir, "q4_k_m")
+        q4 = tensor_types(q4_path)
         assert q4[head] == "Q8_0" and q4["blk.0.ffn_up.weight"] == "Q4_K", q4
+        # its most sensitive matrices go back to Q8_0 (formats.GGUF_Q8_0_MATRICES); the rest keep llama.cpp's mix
+        layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+        kept = [f"blk.{i}.{m}.weight" for i in range(layers) for m in ("ffn_down", "attn_q", "attn_k", "attn_v")]
+        assert {q4[name] for name in kept} == {"Q8_0"} and q4_info["q8_0_matrices"] == len(kept)
+        assert q4["blk.0.attn_output.weight"] == q4["blk.0.ffn_gate.weight"] == "Q4_K", q4
         assert gguf_cache(model_dir, "q8_0")[1]["head_type"] == "f16"
 
 
