@@ -7,6 +7,7 @@
 #
 # Steps (each skipped when its output is complete, so a stopped run goes on where it stopped):
 #   1. stage 1, the ablation's arm d at 160-token prompts            ~45 min on 2 AVX-512 BF16 EPYC cores
+#      (--resume from its last GRPO checkpoint after a stop; ~60-70 min in fp32 on 2 AVX2 EPYC cores)
 #   2. stage 2, full fine-tune, round 3's 810-step schedule, the best  ~100 min (81 min of steps, 5 dev
 #      of 5 dev evaluations kept (the first run stopped at step 708,   evaluations; --resume after a stop)
 #      dev 0.7337 there)
@@ -38,9 +39,11 @@ for item in ${ROUND13_SET:-}; do sets+=(--set "$item"); done
 finished() { [ -f "$1/train_log.jsonl" ] && grep -q '"event": "end"' "$1/train_log.jsonl"; }
 
 if ! finished "$RUN/stage1"; then
-  echo "$(date -u +%FT%TZ) stage 1 -> $RUN/stage1.log"
+  resume=()
+  [ -d "$RUN/stage1/resume" ] && resume=(--resume)  # its GRPO steps checkpoint every 20
+  echo "$(date -u +%FT%TZ) stage 1 ${resume[*]} -> $RUN/stage1.log"
   "$CLI" train stage1 --config "$CONFIG" --set data.random_negatives=3 --set max_length=160 "${sets[@]}" \
-    > "$RUN/stage1.log" 2>&1
+    "${resume[@]}" >> "$RUN/stage1.log" 2>&1
 fi
 if ! finished "$RUN/stage2"; then
   resume=()
