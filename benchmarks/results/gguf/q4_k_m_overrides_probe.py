@@ -10,7 +10,6 @@ file) and writes, per class, q4_k_m with that class's matrices quantized to Q8_0
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
@@ -21,32 +20,15 @@ CLASSES = {"ffn_down": (".ffn_down.",), "ffn_gate_up": (".ffn_gate.", ".ffn_up."
 
 
 def main() -> None:
-    import gguf
+    import shutil
 
-    from prorank_edge.gguf_adapter import _copy_fields, _field
+    from prorank_edge.export.gguf_export import _requantize_to_q8_0
 
     out = Path(sys.argv[1])
-    base = gguf.GGUFReader(str(out / "q4_k_m.gguf"))
-    source = {t.name: t for t in gguf.GGUFReader(str(out / "smoothed-f16.gguf")).tensors}
-    arch = _field(base, "general.architecture")
     for label, parts in CLASSES.items():
         target = out / f"q4_k_m-q8-{label}.gguf"
-        writer = gguf.GGUFWriter(str(target), arch)
-        _copy_fields(base, writer, gguf)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
-        changed = 0
-        for tensor in base.tensors:
-            if any(p in tensor.name for p in parts):
-                x = np.asarray(source[tensor.name].data, dtype=np.float32)
-                writer.add_tensor(tensor.name, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
-                                  raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-                changed += 1
-            else:
-                writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        shutil.copyfile(out / "q4_k_m.gguf", target)
+        changed = _requantize_to_q8_0(target, out / "smoothed-f16.gguf", parts)  # what `export` does to q4_k_m
         print(label, changed, "matrices at Q8_0,", target.stat().st_size // 10**6, "MB", flush=True)
 
 
