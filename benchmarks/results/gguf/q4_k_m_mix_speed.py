@@ -1,6 +1,9 @@
 """Docs/s of GGUF files on the same prompts, alternated per query (the order turning each round), best of rounds.
 
     .venv/bin/python benchmarks/results/gguf/q4_k_m_mix_speed.py QUERIES TOP_K ROUNDS FILE.gguf ...
+
+A FILE named torch-fp32 or torch-bf16 is the torch backend on the built-in model at that dtype (the issue's
+reference speeds), prefix cache on like the GGUF backend.
 """
 import json
 import sys
@@ -11,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from prorank_edge.backends.gguf_backend import GgufBackend  # noqa: E402
+from prorank_edge.backends.torch_backend import TorchBackend  # noqa: E402
 from prorank_edge.benchmarks.harness import build_workload  # noqa: E402
 from prorank_edge.devices import cpu_flags  # noqa: E402
 from prorank_edge.evaluation.beir import load_beir  # noqa: E402
@@ -20,7 +24,15 @@ queries, top_k, rounds, files = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv
 data = load_beir(str(Path(__file__).resolve().parents[4] / "shared/data/beir/scifact"), "test")
 work, _ = build_workload(data, default_model().path, top_k, queries, [], 0)
 prompts = [q["token_ids"] for q in work["queries"]]
-backends = {Path(f).name: GgufBackend(f, device="cpu") for f in files}
+
+
+def load(name: str):
+    if name.startswith("torch-"):
+        return TorchBackend(default_model().path, device="cpu", dtype=name.split("-", 1)[1])
+    return GgufBackend(name, device="cpu")
+
+
+backends = {Path(f).name: load(f) for f in files}
 for b in backends.values():
     b.score_batch(prompts[0][:4])  # warm-up
 times = {n: np.zeros((rounds, len(prompts))) for n in backends}
