@@ -36,10 +36,18 @@ def test_the_default_model_is_smollm2_plus_the_packaged_adapter(smollm2_dir):
     # The fusion weight was tuned on held-out training queries and travels in the contract.
     assert contract.extra["fusion_weight"] == info["dev"]["fusion_weight"]
     assert info["dev"]["split"] == "train"
-    # The built-in model is LoRAs trained directly on earlier adapters (round 5: rank 16 on round 4's rank 32): the
-    # rank-48 SVD holds it exactly (fp16 rounding aside). A lossy adapter (round 1's rank-16 SVD of a full
-    # fine-tune: errors ~0.7) fails here.
-    assert max(info["relative_error"].values()) < 0.01, "the packaged adapter approximates its trained model"
+    if info.get("sign_bits") == 1:
+        # A 1-bit adapter (`train adapter --one-bit`) codes a full fine-tune as +-s per row; it is not the trained
+        # model exactly, so what ships is the adapter itself, measured on dev as it is: it must rank at least as
+        # well there as the model it codes (round 13: 0.7529 against 0.7517), less a draw of a query or two.
+        dev = info["dev"]["ndcg@10"]
+        assert dev["adapter"] >= dev["trained"] - 0.01, "the packaged 1-bit adapter loses against its trained model"
+        assert info["distill"]["steps"] > 0, "its row scales were not fitted to the trained model's scores"
+    else:
+        # A LoRA trained directly on earlier adapters (round 5: rank 16 on round 4's rank 32): the rank-48 SVD holds
+        # it exactly (fp16 rounding aside). A lossy adapter (round 1's rank-16 SVD of a full fine-tune: errors
+        # ~0.7) fails here.
+        assert max(info["relative_error"].values()) < 0.01, "the packaged adapter approximates its trained model"
     pairs = ADAPTER_PAIRS[:2]
     base_scores = Reranker(str(base.path), backend="torch", device="cpu").predict(pairs)
     default_scores = Reranker(backend="torch", device="cpu").predict(pairs)
