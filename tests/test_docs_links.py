@@ -6,6 +6,7 @@ would otherwise leave a dead link that only a reader finds.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -24,35 +25,35 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def headings(page: Path) -> set[str]:
-    """The anchors of a page's headings, with GitHub's -1, -2 suffixes for repeated ones."""
-    seen: dict[str, int] = {}
-    anchors = set()
+def prose_lines(page: Path):
+    """(line number, line) of a page outside its fenced code blocks."""
     in_code = False
-    for line in page.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
         if FENCE.match(line):
             in_code = not in_code
-        if in_code or not line.startswith("#"):
+        elif not in_code:
+            yield number, line
+
+
+@functools.cache
+def headings(page: Path) -> frozenset[str]:
+    """The anchors of a page's headings, with GitHub's -1, -2 suffixes for repeated ones (read once a page)."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for _, line in prose_lines(page):
+        if not line.startswith("#"):
             continue
         anchor = github_anchor(line.lstrip("#"))
         count = seen.get(anchor, 0)
         seen[anchor] = count + 1
         anchors.add(anchor if count == 0 else f"{anchor}-{count}")
-    return anchors
+    return frozenset(anchors)
 
 
 def links(page: Path) -> list[tuple[int, str]]:
     """(line number, target) of the relative links outside code blocks."""
-    found, in_code = [], False
-    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
-        if FENCE.match(line):
-            in_code = not in_code
-        if in_code:
-            continue
-        for target in LINK.findall(line):
-            if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: are not checked offline
-                found.append((number, target))
-    return found
+    return [(number, target) for number, line in prose_lines(page) for target in LINK.findall(line)
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto: are not checked offline
 
 
 def test_github_anchor_matches_githubs_rule():
