@@ -466,32 +466,26 @@ def _requantize_to_q8_0(quantized: Path, source: Path, parts: tuple[str, ...]) -
     the same (smoothed) f16 file llama.cpp quantized; everything else byte for byte. Returns how many."""
     import gguf
 
-    from ..gguf_adapter import _copy_fields, _field
+    from ..gguf_adapter import _field, rewrite_gguf
 
     reader = gguf.GGUFReader(str(quantized))
     originals = {t.name: t for t in gguf.GGUFReader(str(source)).tensors}
     mixed = quantized.with_name(quantized.name + ".q8_0")
-    writer = gguf.GGUFWriter(str(mixed), _field(reader, "general.architecture"))
-    count = 0
-    try:
-        _copy_fields(reader, writer, gguf)
-        writer.add_file_type(int(_field(reader, "general.file_type")))
+    q8_0 = gguf.GGMLQuantizationType.Q8_0
+    chosen = {t.name for t in reader.tensors if len(t.shape) == 2 and any(part in t.name for part in parts)}
+
+    def tensors(reader):
         for tensor in reader.tensors:
-            if len(tensor.shape) == 2 and any(part in tensor.name for part in parts):
+            if tensor.name in chosen:
                 weight = np.asarray(originals[tensor.name].data, dtype=np.float32)
-                writer.add_tensor(tensor.name, gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
-                                  raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-                count += 1
+                yield tensor.name, gguf.quants.quantize(weight, q8_0), q8_0
             else:
-                writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    del reader
+                yield tensor.name, np.asarray(tensor.data), tensor.tensor_type
+
+    rewrite_gguf(reader, mixed, int(_field(reader, "general.file_type")), tensors(reader))
+    del reader  # its memory map, before the file under it is replaced
     os.replace(mixed, quantized)
-    return count
+    return len(chosen)
 
 
 def _check_with_llama_cpp(path: Path, tokenizer) -> bool:

@@ -58,6 +58,27 @@ def _copy_fields(reader, writer, gguf) -> None:
             writer.add_key_value(field.name, field.parts[field.data[0]][0].item(), kind)
 
 
+def rewrite_gguf(reader, path: str | Path, file_type: int, tensors, strings: dict[str, str] | None = None) -> None:
+    """Write a GGUF at `path` with the metadata of `reader` (its file type set to `file_type`, `strings` added) and
+    `tensors`, an iterable of (name, array, raw GGML type or None); the file is closed on a failure too. Used by
+    the adapter merge here and by the q8_0 override of the exporter (export/gguf_export.py)."""
+    gguf = _import_gguf()
+    from .export.gguf_export import finish_gguf
+
+    writer = gguf.GGUFWriter(str(path), _field(reader, "general.architecture"))
+    try:
+        _copy_fields(reader, writer, gguf)
+        writer.add_file_type(file_type)
+        for key, value in (strings or {}).items():
+            writer.add_string(key, value)
+        for name, array, raw_dtype in tensors:
+            writer.add_tensor(name, array, raw_dtype=raw_dtype)
+    except BaseException:
+        writer.close()
+        raise
+    finish_gguf(writer)
+
+
 def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output_path: str | Path) -> Path:
     """Write base + adapter as an f16 GGUF reranker at output_path (via a temporary name); returns the path."""
     gguf = _import_gguf()
@@ -89,22 +110,15 @@ def apply_adapter_to_gguf(base_gguf: str | Path, adapter_dir: str | Path, output
             delta = rotary_interleave(delta, n_head if ".attn_q." in name else n_head_kv)
         pending[name] = delta
 
+    def merged():
+        for tensor in reader.tensors:
+            weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
+            delta = pending.pop(tensor.name, None)
+            weight = weight.astype(np.float32) if delta is None else weight + delta
+            yield tensor.name, weight.astype(np.float16 if weight.ndim == 2 else np.float32), None
+
     contract = ScoringContract.load(adapter_dir)
     with staged(output_path) as partial:
-        writer = gguf.GGUFWriter(str(partial), arch)
-        try:
-            _copy_fields(reader, writer, gguf)
-            writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-            writer.add_string(GGUF_CONTRACT_KEY, contract.to_json())
-            for tensor in reader.tensors:
-                weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
-                delta = pending.pop(tensor.name, None)
-                weight = weight.astype(np.float32) if delta is None else weight + delta
-                writer.add_tensor(tensor.name, weight.astype(np.float16 if weight.ndim == 2 else np.float32))
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        rewrite_gguf(reader, partial, gguf.LlamaFileType.MOSTLY_F16, merged(), {GGUF_CONTRACT_KEY: contract.to_json()})
         os.replace(partial, output_path)
     return output_path
