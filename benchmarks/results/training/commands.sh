@@ -168,6 +168,13 @@ apply_adapter(resolve_model('smollm2').path, 'runs/round12/round1_adapter', 'run
   --max-queries 100  # -> round13/adapter.json
 # all of the above again, unattended, with the adapter copied into round13/adapter/ (the first one was lost):
 #   bash benchmarks/results/training/round13/retrain.sh
+# run 2026-12-06/07 on 2 AVX2-only EPYC cores, fp32, over three sessions (stage 1 resumed at GRPO step 40, stage 2
+# at step 354), from a clone of the repository:
+#   ROUND13_FORCE=1 ROUND13_SET="stage1.bf16=false stage2.mixed_precision=no" \
+#     ROUND13_KEEP=/work/main/benchmarks/results/training/round13 bash benchmarks/results/training/round13/retrain.sh runs/round13
+# -> round13/stage1/train_log_retrain.jsonl, round13/stage2/train_log_retrain.jsonl (best step 708, dev 0.7158),
+#    round13/adapter_retrain.json (dev top 20: checkpoint 0.7307, adapter 0.7065, fused 0.7622 at 0.5): not shipped,
+#    so its weights were not committed and its test evaluation was stopped
 # next (started, did not finish in the session): the test figure of the merged 1-bit adapter
 .venv/bin/python -c "from prorank_edge.adapter import apply_adapter; from prorank_edge.models import resolve_model; \
 apply_adapter(resolve_model('smollm2').path, 'runs/round13/adapter', 'runs/round13/adapter_merged')"
