@@ -86,13 +86,21 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
 
 
 def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str | Path,
-                      start_adapter: str | Path | None = None, base_name: str | None = None) -> dict:
+                      start_adapter: str | Path | None = None, base_name: str | None = None,
+                      svd_rank: int = 0) -> dict:
     """Write `trained - base` as the adapter the training started from, kept as it is, plus the rest in 1 bit a
     weight (the whole change from the base when there is no start adapter): for each 2-D weight the sign of what
     training changed beyond the start adapter, times one fp16 scale per row (the row's mean absolute change, the
     scale that best fits signs in the least-squares sense; BitDelta, arXiv 2402.10193, keeps one per matrix).
     1-D deltas are stored in full. How a full fine-tune of the built-in model ships: 135M weights in 17 MB on top
-    of the start adapter. Returns the adapter's info; its relative_error is that of each weight's 1-bit part."""
+    of the start adapter.
+
+    svd_rank > 0 first keeps a rank-`svd_rank` SVD of each 2-D change beyond the start adapter (fp16 factors,
+    appended to the start's), and codes only what the SVD leaves in 1 bit: a full fine-tune's change has a few
+    strong directions that signs blur. On issue 19's round 13 retrained checkpoint (dev nDCG@10 0.7307, 100 dev
+    queries x BM25 top 20), rank 16 plus signs kept 0.7239 where signs alone kept 0.7065, for 11.5 MB more.
+    Returns the adapter's info; its relative_error is each weight's error against its change beyond the start
+    adapter (of the 1-bit part alone when svd_rank is 0)."""
     import numpy as np
     import torch
     from safetensors.numpy import save_file
@@ -105,29 +113,40 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
     unused = (set(start_low_rank) | set(start_full)) - set(trained)
     if unused:
         raise ProrankError(f"{start_adapter}: tensors {sorted(unused)[:3]} are not in {trained_dir}")
+    if svd_rank < 0:
+        raise ProrankError(f"svd_rank must be 0 (signs only) or more, not {svd_rank}")
     tensors, errors = {}, {}
     for name in sorted(trained):
         delta = (trained[name].to(torch.float32) - base[name].to(torch.float32)).numpy()
-        if name in start_low_rank:
-            b, a = start_low_rank[name]
-            tensors[name + _B], tensors[name + _A] = b.astype(np.float16), a.astype(np.float16)
+        b, a = start_low_rank.get(name, (None, None))
+        if b is not None:
             delta = delta - b @ a  # the very product adapter_deltas adds back
-        if not np.abs(delta).max() > 0:
-            continue
-        if delta.ndim != 2 or delta.shape[1] % 8:
+        changed = np.abs(delta).max() > 0
+        if changed and (delta.ndim != 2 or delta.shape[1] % 8):
             tensors[name + _FULL] = delta.astype(np.float16)  # norms, biases: small, kept whole
             errors[name] = 0.0
-            continue
-        scale = np.abs(delta).mean(axis=1).astype(np.float16)
-        tensors[name + _SIGN] = np.packbits(delta > 0, axis=1)
-        tensors[name + _SIGN_SCALE] = scale
-        coded = np.where(delta > 0, 1.0, -1.0) * scale.astype(np.float32)[:, None]
-        errors[name] = round(float(np.linalg.norm(delta - coded) / np.linalg.norm(delta)), 4)
+        elif changed:
+            rest = delta
+            if svd_rank and min(delta.shape) > svd_rank:
+                u, sv, vh = torch.linalg.svd(torch.from_numpy(delta), full_matrices=False)
+                b_new = (u[:, :svd_rank] * sv[:svd_rank]).numpy().astype(np.float16).astype(np.float32)
+                a_new = vh[:svd_rank].numpy().astype(np.float16).astype(np.float32)
+                rest = delta - b_new @ a_new  # what the fp16 factors leave
+                b = b_new if b is None else np.concatenate([b, b_new], axis=1)
+                a = a_new if a is None else np.concatenate([a, a_new], axis=0)
+            scale = np.abs(rest).mean(axis=1).astype(np.float16)
+            tensors[name + _SIGN] = np.packbits(rest > 0, axis=1)
+            tensors[name + _SIGN_SCALE] = scale
+            coded = np.where(rest > 0, 1.0, -1.0) * scale.astype(np.float32)[:, None]
+            errors[name] = round(float(np.linalg.norm(rest - coded) / np.linalg.norm(delta)), 4)
+        if b is not None:
+            tensors[name + _B], tensors[name + _A] = b.astype(np.float16), a.astype(np.float16)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()},
               str(output_dir / ADAPTER_WEIGHTS_FILENAME))
     shutil.copyfile(trained_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
-    info = {"base": base_name or str(base_dir), "rank": _rank_of(start_low_rank), "sign_bits": 1,
+    factors = {key[:-len(_A)]: (None, value) for key, value in tensors.items() if key.endswith(_A)}
+    info = {"base": base_name or str(base_dir), "rank": _rank_of(factors), "sign_bits": 1, "svd_rank": svd_rank,
             "start_adapter": None if start_adapter is None else str(start_adapter), "tensors": len(errors),
             "relative_error": errors, "bytes": (output_dir / ADAPTER_WEIGHTS_FILENAME).stat().st_size}
     (output_dir / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -259,3 +259,61 @@ def test_one_bit_without_a_start_codes_the_whole_change_from_the_base(tiny_qwen2
     expected, got = _weights(trained), _weights(merged)
     for name in expected:
         assert (got[name] - expected[name]).abs().max() < 1e-4, name
+
+
+def _low_rank_plus_noise(seed):
+    """A change with two strong directions per matrix and a weak full-rank rest, as a full fine-tune's looks."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def change(weight):
+        rows, cols = weight.shape
+        strong = torch.randn(rows, 2, generator=generator) @ torch.randn(2, cols, generator=generator)
+        return 0.01 * strong + 0.001 * torch.randn(rows, cols, generator=generator)
+    return change
+
+
+def test_sign_adapter_keeps_an_svd_of_the_change_before_the_signs(tiny_qwen2_dir, tmp_path):
+    trained = _fine_tune_further(tiny_qwen2_dir, tmp_path / "trained", _low_rank_plus_noise(3))
+    signs_only = make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "signs")
+    info = make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", svd_rank=2)
+    assert info["rank"] == 2 and info["svd_rank"] == 2 and signs_only["rank"] == 0
+    two_d = [n for n in info["relative_error"] if n.endswith(("proj.weight", "embed_tokens.weight"))]
+    assert two_d
+    for name in two_d:  # the signs now code only the weak rest: about 0.6 of it, 0.05 of the change
+        assert info["relative_error"][name] < 0.25 < signs_only["relative_error"][name], name
+
+    merged = apply_adapter(tiny_qwen2_dir, tmp_path / "adapter", tmp_path / "merged")
+    expected, got, base = _weights(trained), _weights(merged), _weights(tiny_qwen2_dir)
+    for name in two_d:
+        error = (got[name] - expected[name]).norm() / (expected[name] - base[name]).norm()
+        assert error < 0.25, name
+    # the numpy deltas (what the GGUF merge adds) are those the torch merge added
+    for name, delta in adapter_deltas(tmp_path / "adapter").items():
+        np.testing.assert_allclose(delta, (got[name] - base[name]).numpy(), atol=1e-5)
+
+
+def test_sign_adapter_appends_its_svd_to_the_start_adapter(tiny_qwen2_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    start = _start(tiny_qwen2_dir, tmp_path)
+    trained = _fine_tune_further(start, tmp_path / "trained", _low_rank_plus_noise(4))
+    info = make_sign_adapter(tiny_qwen2_dir, trained, tmp_path / "adapter", tmp_path / "start_adapter", svd_rank=2)
+    assert info["rank"] == 8 + 2
+    started, stored = (load_file(str(p / "adapter.safetensors")) for p in (tmp_path / "start_adapter",
+                                                                           tmp_path / "adapter"))
+    factor_keys = [key for key in started if key.endswith((".lora_a", ".lora_b"))]
+    assert factor_keys
+    for key in factor_keys:  # the start's factors kept bit for bit, the new directions after them
+        rank = started[key].shape[1 if key.endswith(".lora_b") else 0]
+        kept = stored[key][:, :rank] if key.endswith(".lora_b") else stored[key][:rank]
+        np.testing.assert_array_equal(kept, started[key])
+
+
+def test_svd_rank_needs_one_bit(tmp_path):
+    from click.testing import CliRunner
+
+    from prorank_edge.cli import main
+
+    result = CliRunner().invoke(main, ["train", "adapter", "--model", str(tmp_path), "--output", str(tmp_path / "a"),
+                                       "--svd-rank", "4"])
+    assert result.exit_code == 2 and "--svd-rank goes with --one-bit" in result.output

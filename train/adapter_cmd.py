@@ -52,14 +52,15 @@ def _distill(base_dir: Path, adapter: Path, trained_dir: Path, beir: str, split:
 
 def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: str | None, split: str,
                   dev_queries: int, seed: int, top_k: int, max_queries: int,
-                  start_adapter: str | Path | None = None, distill_steps: int = 0, one_bit: bool = False) -> dict:
+                  start_adapter: str | Path | None = None, distill_steps: int = 0, one_bit: bool = False,
+                  svd_rank: int = 0) -> dict:
     from ..evaluation.beir import load_beir
     from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
     from ..reranker import Reranker
 
     trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
     if one_bit or start_adapter is not None:
-        info = make_sign_adapter(base_dir, trained_dir, output, start_adapter, base_name=base)
+        info = make_sign_adapter(base_dir, trained_dir, output, start_adapter, base_name=base, svd_rank=svd_rank)
         if distill_steps:
             if not beir:
                 raise ProrankError("fitting the 1-bit scales (--distill-steps) needs --data, the training run's "
