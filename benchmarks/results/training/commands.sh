@@ -180,3 +180,16 @@ apply_adapter(resolve_model('smollm2').path, 'runs/round12/round1_adapter', 'run
 apply_adapter(resolve_model('smollm2').path, 'runs/round13/adapter', 'runs/round13/adapter_merged')"
 .venv/bin/prorank-edge eval --data ../shared/data/beir/scifact --split test --top-k 20 --model runs/round13/adapter_merged \
   --output json --quiet  # -> round13/eval_test_300.json
+
+# --- Round 14 (issue 19; 2026-12-07, 2 AVX2-only EPYC cores, fp32): no training, files in round14/ ---
+# round 5 (the default, merged in the cache), weight averages, and the round-13 retrained checkpoint coded as a
+# rank-16 SVD + 1-bit rest; each scored on the 100 dev queries x BM25 top 20 (every pair's score kept), ~13 min each.
+R5=~/.cache/prorank-edge/models/SmolLM2-135M-Instruct-prorank-f5da8765827a R13=runs/round13/stage2
+.venv/bin/python benchmarks/results/training/round14/soup_probe.py round14/soup_dev.json r5=$R5 \
+  soup050=soup:0.5:$R5:$R13 r13_swa708_810=soup:0.5:$R13:$R13/resume   # soup folders under /work/r14
+.venv/bin/prorank-edge train adapter --model $R13 --base smollm2 --one-bit --svd-rank 16 --output runs/round14/r13_svd16_1bit \
+  --distill-steps 40 --data ../shared/data/beir/scifact --dev-queries 100 --seed 0 --top-k 20 --max-queries 100
+# (run as two steps then: `train adapter --rank 16` into r13_svd16, then `--on-adapter r13_svd16`, which the
+#  --svd-rank path reproduces bit for bit apart from the fitted scales; merged, then scored by soup_probe.py)
+.venv/bin/python benchmarks/results/training/round14/soup_probe.py round14/soup_dev.json r13_svd16_1bit=runs/round14/r13_svd16_1bit_merged
+.venv/bin/python benchmarks/results/training/round14/paired.py round14/soup_dev.json r5 round14/paired_dev.json
