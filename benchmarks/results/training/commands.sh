@@ -193,3 +193,7 @@ R5=~/.cache/prorank-edge/models/SmolLM2-135M-Instruct-prorank-f5da8765827a R13=r
 #  --svd-rank path reproduces bit for bit apart from the fitted scales; merged, then scored by soup_probe.py)
 .venv/bin/python benchmarks/results/training/round14/soup_probe.py round14/soup_dev.json r13_svd16_1bit=runs/round14/r13_svd16_1bit_merged
 .venv/bin/python benchmarks/results/training/round14/paired.py round14/soup_dev.json r5 round14/paired_dev.json
+# round 5 on all 300 test queries (its test figure is read anyway: it is the default), fp32, 35 min, and its paired
+# interval against BM25:
+PROBE_SPLIT=test .venv/bin/python benchmarks/results/training/round14/soup_probe.py round14/round5_test.json r5=$R5
+.venv/bin/python benchmarks/results/training/round14/paired.py round14/round5_test.json bm25 round14/paired_test_vs_bm25.json

@@ -78,14 +78,12 @@ def main(out_json: str, specs: list[str]) -> None:
             report = evaluate_reranker(dev, reranker, top_k=20, show_progress=True)
             dtype = reranker.describe().get("dtype")
             contract_weight = reranker.contract.extra.get("fusion_weight")
-        weight, grid = tune_fusion_weight(report)
-        if test:  # never tuned on test
-            weight = contract_weight
+        weight, grid = (contract_weight, {}) if test else tune_fusion_weight(report)  # never tuned on test
         results["models"][name] = {
             **origin, "dtype": dtype, "seconds": round(time.perf_counter() - start, 1),
             "ndcg@10": report.metrics["reranker"]["ndcg@10"], "bm25_ndcg@10": report.metrics["bm25"]["ndcg@10"],
             "fused_ndcg@10": add_fusion(report, weight)["ndcg@10"], "fusion_weight": weight,
-            "ndcg@10_by_weight": {str(w): v for w, v in grid.items()},
+            **({"ndcg@10_by_weight": {str(w): v for w, v in grid.items()}} if grid else {}),
             "scores": {q: {c.doc_id: [round(c.bm25_score, 5), round(c.rerank_score, 5)] for c in cands}
                        for q, cands in report.candidates.items()},
         }
