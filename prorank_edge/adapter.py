@@ -54,10 +54,19 @@ def _load_pair(base_dir: Path, trained_dir: Path) -> tuple[dict, dict]:
     return base, trained
 
 
+def _truncated_svd(delta, rank: int):
+    """(B, A) of `delta ~ B @ A` at `rank` (torch float32 in, float32 out), and the share of delta's norm it
+    leaves out."""
+    import torch
+
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    rest = s[rank:].square().sum().sqrt() / s.square().sum().sqrt()
+    return u[:, :rank] * s[:rank], vh[:rank], float(rest)
+
+
 def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str | Path, rank: int = 16,
                  base_name: str | None = None) -> dict:
     """Write the low-rank difference `trained - base` into output_dir; returns the adapter's info."""
-    import torch
     from safetensors.torch import save_file
 
     base_dir, trained_dir, output_dir = Path(base_dir), Path(trained_dir), Path(output_dir)
@@ -68,11 +77,9 @@ def make_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir: str 
         if not delta.abs().max() > 0:
             continue
         if delta.dim() == 2 and min(delta.shape) > rank:
-            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-            b, a = u[:, :rank] * s[:rank], vh[:rank]
+            b, a, rest = _truncated_svd(delta, rank)
             tensors[name + _B], tensors[name + _A] = b.half().contiguous(), a.half().contiguous()
-            rest = s[rank:].square().sum().sqrt() / s.square().sum().sqrt()
-            errors[name] = round(float(rest), 4)
+            errors[name] = round(rest, 4)
         else:
             tensors[name + _FULL] = delta.half().contiguous()
             errors[name] = 0.0
@@ -128,9 +135,8 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
         elif changed:
             rest = delta
             if svd_rank and min(delta.shape) > svd_rank:
-                u, sv, vh = torch.linalg.svd(torch.from_numpy(delta), full_matrices=False)
-                b_new = (u[:, :svd_rank] * sv[:svd_rank]).numpy().astype(np.float16).astype(np.float32)
-                a_new = vh[:svd_rank].numpy().astype(np.float16).astype(np.float32)
+                b_new, a_new, _ = _truncated_svd(torch.from_numpy(delta), svd_rank)
+                b_new, a_new = (f.half().float().numpy() for f in (b_new, a_new))  # as stored
                 rest = delta - b_new @ a_new  # what the fp16 factors leave
                 b = b_new if b is None else np.concatenate([b, b_new], axis=1)
                 a = a_new if a is None else np.concatenate([a, a_new], axis=0)
@@ -145,16 +151,12 @@ def make_sign_adapter(base_dir: str | Path, trained_dir: str | Path, output_dir:
     save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()},
               str(output_dir / ADAPTER_WEIGHTS_FILENAME))
     shutil.copyfile(trained_dir / CONTRACT_FILENAME, output_dir / CONTRACT_FILENAME)
-    factors = {key[:-len(_A)]: (None, value) for key, value in tensors.items() if key.endswith(_A)}
-    info = {"base": base_name or str(base_dir), "rank": _rank_of(factors), "sign_bits": 1, "svd_rank": svd_rank,
+    rank = max((value.shape[0] for key, value in tensors.items() if key.endswith(_A)), default=0)
+    info = {"base": base_name or str(base_dir), "rank": rank, "sign_bits": 1, "svd_rank": svd_rank,
             "start_adapter": None if start_adapter is None else str(start_adapter), "tensors": len(errors),
             "relative_error": errors, "bytes": (output_dir / ADAPTER_WEIGHTS_FILENAME).stat().st_size}
     (output_dir / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
-
-
-def _rank_of(low_rank: dict) -> int:
-    return max((a.shape[0] for _, a in low_rank.values()), default=0)
 
 
 def _read_adapter(adapter_dir: str | Path) -> tuple[dict, dict, dict]:
