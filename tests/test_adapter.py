@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 from conftest import ADAPTER_PAIRS, fine_tune  # noqa: E402
 
 from prorank_edge.adapter import adapter_deltas, apply_adapter, make_adapter, make_sign_adapter  # noqa: E402
+from prorank_edge.contract import ScoringContract  # noqa: E402
 from prorank_edge.errors import ProrankError  # noqa: E402
 from prorank_edge.formats import ADAPTER_INFO_FILENAME  # noqa: E402
 from prorank_edge.reranker import Reranker  # noqa: E402
@@ -317,3 +318,22 @@ def test_svd_rank_needs_one_bit(tmp_path):
     result = CliRunner().invoke(main, ["train", "adapter", "--model", str(tmp_path), "--output", str(tmp_path / "a"),
                                        "--svd-rank", "4"])
     assert result.exit_code == 2 and "--svd-rank goes with --one-bit" in result.output
+
+
+def test_train_adapter_stores_no_fusion_weight_when_dev_cannot_tell_weights_apart(tiny_qwen2_dir, tmp_path,
+                                                                                    monkeypatch):
+    """A dev measurement whose fusion grid is flat (as one query gave for round 14's first coding: nDCG@10 1.0
+    at every weight) leaves the contract without a fusion weight, where the tie rule's 0.0 used to be stored."""
+    pytest.importorskip("bm25s")
+    from conftest import write_topics_beir
+
+    from prorank_edge.evaluation import evaluate
+    from prorank_edge.train.adapter_cmd import build_adapter
+
+    trained = _fine_tune_further(tiny_qwen2_dir, tmp_path / "trained", lambda w: 0.01 * torch.randn_like(w))
+    beir = write_topics_beir(tmp_path / "beir")
+    monkeypatch.setattr(evaluate, "tune_fusion_weight",
+                        lambda report: (0.0, {w: 1.0 for w in evaluate.FUSION_GRID}))
+    info = build_adapter(str(trained), str(tiny_qwen2_dir), tmp_path / "adapter", 4, str(beir), "train", 2, 0, 4, 2)
+    assert info["dev"]["fusion_weight"] is None and info["dev"]["fusion_note"].endswith("no fusion weight stored")
+    assert "fusion_weight" not in ScoringContract.load(tmp_path / "adapter").extra

@@ -55,7 +55,7 @@ def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: st
                   start_adapter: str | Path | None = None, distill_steps: int = 0, one_bit: bool = False,
                   svd_rank: int = 0) -> dict:
     from ..evaluation.beir import load_beir
-    from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight
+    from ..evaluation.evaluate import add_fusion, evaluate_reranker, tune_fusion_weight, weight_to_store
     from ..reranker import Reranker
 
     trained_dir, base_dir, output = resolve_model_dir(model), resolve_model_dir(base), Path(output)
@@ -89,7 +89,14 @@ def build_adapter(model: str, base: str, output: str | Path, rank: int, beir: st
             "spearman_adapter_vs_trained": spearman(flat["adapter"], flat["trained"]),
             "fusion_weight": weight, "ndcg@10_by_weight": {str(w): v for w, v in grid.items()},
         }
-        contract = ScoringContract.load(output)
-        contract.replace(extra={**contract.extra, "fusion_weight": weight}).save(output)
+        stored, note = weight_to_store(weight, grid)
+        if note:
+            info["dev"]["fusion_note"] = note
+        if stored is None:
+            info["dev"]["fusion_weight"] = None
+            info["dev"]["fusion_note"] += " (--max-queries, --dev-queries); no fusion weight stored"
+        else:
+            contract = ScoringContract.load(output)
+            contract.replace(extra={**contract.extra, "fusion_weight": stored}).save(output)
     (output / ADAPTER_INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -129,3 +129,5 @@ def adapter_command(model, base, output, rank, start_adapter, one_bit, svd_rank,
     shown = ("base", "rank", "sign_bits", "svd_rank", "bytes", "distill", "dev")
     click.echo(json.dumps({key: info[key] for key in shown if key in info},
                           indent=2))
+    if "fusion_note" in info.get("dev", {}):
+        click.echo(f"warning: {info['dev']['fusion_note']}", err=True)

@@ -210,6 +210,22 @@ def tune_fusion_weight(report: EvalReport, grid=FUSION_GRID) -> tuple[float, dic
     return best, scores
 
 
+def weight_to_store(weight: float, grid: dict[float, float]) -> tuple[float | None, str | None]:
+    """The tuned weight a model's contract should carry, and why not (or a caution) where it should not.
+
+    A grid where every weight scored alike says nothing (one dev query, or all rankings perfect), and its tie
+    rule's pick, 0.0, would make `rerank` keep BM25's order for every scored document without saying so: no
+    weight is stored then. A weight of 0.0 that did win is stored, with the caution that it ignores the model.
+    """
+    if max(grid.values()) - min(grid.values()) < 1e-9:
+        return None, (f"every fusion weight ranked the tuning queries alike (nDCG@10 "
+                      f"{next(iter(grid.values())):.4f}), so they cannot choose one; tune on more queries")
+    if weight == 0.0:
+        return 0.0, ("the best fusion weight on the tuning queries is 0.0: fused with it, the model keeps BM25's "
+                     "order (it did not improve on BM25 there)")
+    return weight, None
+
+
 def evaluate_with_fusion(data: BeirData, reranker: Reranker, top_k: int = 100, max_queries: int | None = None,
                          instruction: str | None = None, fusion_weight: float | str | None = None,
                          tune_data: BeirData | None = None, tune_queries: int = 50,
@@ -231,6 +247,11 @@ def evaluate_with_fusion(data: BeirData, reranker: Reranker, top_k: int = 100, m
         weight, grid = tune_fusion_weight(tuning)
         fusion = {"tuned_on": tune_data.split, "tune_queries": tuning.queries,
                   "ndcg@10_by_weight": {str(w): v for w, v in grid.items()}}
+        note = weight_to_store(weight, grid)[1]
+        if note:  # reported, not acted on: the weight is still the grid's pick
+            fusion["note"] = note
+            if status:
+                status(f"warning: {note}")
     elif weight is None and "fusion_weight" in reranker.contract.extra:
         # The model's own weight (the built-in model's was tuned on SciFact train): fusion is reported beside
         # the reranker alone, never instead of it.

@@ -73,6 +73,8 @@ def test_eval_fusion_auto_tunes_on_train(tiny_qwen2_dir, scifact_dir):
     assert set(report["metrics"]) == {"bm25", "reranker", "fusion"}
     assert report["fusion"]["tuned_on"] == "train" and report["fusion"]["tune_queries"] == 3
     assert report["fusion"]["weight"] in [float(w) for w in report["fusion"]["ndcg@10_by_weight"]]
+    grid = set(report["fusion"]["ndcg@10_by_weight"].values())  # a flat grid or a 0.0 pick is flagged
+    assert ("note" in report["fusion"]) == (len(grid) == 1 or report["fusion"]["weight"] == 0.0)
     bad = CliRunner().invoke(main, base + ["--fusion-weight", "auto", "--tune-split", "test"])
     assert bad.exit_code == 2 and "--tune-split must differ" in bad.output
 

@@ -8,7 +8,14 @@ import json
 import pytest
 
 from prorank_edge.evaluation.beir import load_beir
-from prorank_edge.evaluation.evaluate import Candidate, EvalReport, add_fusion, evaluate_reranker, tune_fusion_weight
+from prorank_edge.evaluation.evaluate import (
+    Candidate,
+    EvalReport,
+    add_fusion,
+    evaluate_reranker,
+    tune_fusion_weight,
+    weight_to_store,
+)
 
 
 def test_evaluate_reranker_with_tiny_model(tiny_beir, tiny_qwen2_dir, tmp_path):
@@ -80,3 +87,20 @@ def test_tuning_follows_the_better_system():
     report = _report(reranker_right=True)
     assert add_fusion(report, 1.0)["ndcg@10"] == pytest.approx(1.0)
     assert "fusion" in report.format_table()
+
+
+def test_a_flat_tuning_grid_stores_no_weight_and_a_winning_zero_is_flagged():
+    """Both systems perfect (as on one dev query): every weight ties, and the tie rule's 0.0 must not become a
+    contract weight that silently keeps BM25's order; a 0.0 that wins is kept, with a caution."""
+    qrels = {"q1": {"good": 1}}
+    perfect = EvalReport(dataset="toy", split="dev", top_k=3, qrels=qrels, corpus_size=3,
+                         candidates={"q1": [Candidate("good", 3.0, 3.0), Candidate("bad", 1.0, 1.0)]})
+    weight, grid = tune_fusion_weight(perfect)
+    assert weight == 0.0 and len(set(grid.values())) == 1
+    stored, note = weight_to_store(weight, grid)
+    assert stored is None and "alike" in note and "more queries" in note
+    weight, grid = tune_fusion_weight(_report(reranker_right=False))
+    stored, note = weight_to_store(weight, grid)
+    assert stored == 0.0 and "BM25's order" in note
+    weight, grid = tune_fusion_weight(_report(reranker_right=True))
+    assert weight_to_store(weight, grid) == (weight, None)
