@@ -18,6 +18,9 @@ from .options import load_reranker, model_options
 @click.option("--run", "run_path", type=click.Path(dir_okay=False), default=None, metavar="RUN",
               help="Evaluate an existing TREC run (e.g. `prorank-edge batch --trec-out`) against the split's "
                    "qrels instead of running BM25 and a model; Recall is at --top-k.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), default=None, metavar="RUN",
+              help="With --run: a second TREC run of the same queries to compare with, query by query: the mean "
+                   "difference of each metric with a 95% bootstrap interval and a paired randomization test's p.")
 @click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
               help="BM25 candidates per query (what the reranker reorders, and the Recall@k depth).")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None,
@@ -35,9 +38,9 @@ from .options import load_reranker, model_options
               help="Write the last system's run (fusion, reranker, or BM25 with --bm25-only) here in TREC format.")
 @click.option("--quiet", is_flag=True, help="No progress bars or status lines on stderr.")
 @model_options
-def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, instruction, fusion_weight, tune_split,
-                 tune_queries, output, run_file, quiet, model, backend, device, dtype, max_length, batch_size,
-                 threads, prefix_cache):
+def eval_command(data_spec, split, bm25_only, run_path, baseline_path, top_k, max_queries, instruction,
+                 fusion_weight, tune_split, tune_queries, output, run_file, quiet, model, backend, device, dtype,
+                 max_length, batch_size, threads, prefix_cache):
     """Evaluate BM25 and a ProRank reranker on a BEIR dataset split.
 
     BM25 (Lucene variant, k1=1.5, b=0.75, English stopwords and stemming) retrieves the top --top-k
@@ -50,6 +53,11 @@ def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, inst
       prorank-edge eval --data scifact --bm25-only
       prorank-edge eval --data ./beir/nfcorpus --model ./my-reranker --max-queries 100 --output json
       prorank-edge eval --data scifact --top-k 20 --fusion-weight auto
+      prorank-edge eval --data scifact --run reranked.trec --baseline bm25.trec
+
+    With a model, each system is also compared with BM25 query by query (nDCG@10: mean difference, 95%
+    bootstrap interval, randomization-test p, queries won and lost), since on a few hundred queries a lead of
+    0.01-0.03 can be the draw of queries.
     """
     from ..evaluation.beir import load_beir, resolve_beir
     from ..evaluation.evaluate import evaluate_reranker, evaluate_with_fusion
@@ -59,6 +67,8 @@ def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, inst
         raise ProrankError("--bm25-only evaluates BM25 alone; leave out --model and --fusion-weight")
     if run_path is not None and (bm25_only or model is not None or fusion_weight is not None):
         raise ProrankError("--run evaluates a run file alone; leave out --bm25-only, --model and --fusion-weight")
+    if baseline_path is not None and run_path is None:
+        raise ProrankError("--baseline compares two run files: give the other one with --run")
     weight = _parse_weight(fusion_weight)
     show_progress = False if quiet else None
 
@@ -69,7 +79,7 @@ def eval_command(data_spec, split, bm25_only, run_path, top_k, max_queries, inst
     path = resolve_beir(data_spec, show_progress=show_progress)
     data = load_beir(path, split)
     if run_path is not None:
-        _print_run_metrics(run_path, data, top_k, max_queries, output)
+        _print_run_metrics(run_path, data, top_k, max_queries, output, baseline_path)
         return
     subset = f" (evaluating the first {max_queries})" if max_queries and max_queries < len(data.queries) else ""
     status(f"{data.name} ({split}): {len(data.corpus)} documents, {len(data.queries)} judged queries{subset}")
@@ -110,22 +120,35 @@ def _parse_weight(value):
     return weight
 
 
-def _print_run_metrics(run_path, data, top_k: int, max_queries: int | None, output: str) -> None:
+def _print_run_metrics(run_path, data, top_k: int, max_queries: int | None, output: str,
+                       baseline_path=None) -> None:
     from ..evaluation.metrics import evaluate_run, metric_label, read_trec_run
+    from ..evaluation.significance import describe_comparison, paired_comparison
 
     qids = list(data.queries)[:max_queries]
-    run = read_trec_run(run_path)
+    qrels = {q: data.qrels[q] for q in qids}
+
+    def score(path) -> tuple[dict, dict]:
+        run = read_trec_run(path)
+        # Every judged query counts (one the run lacks scores 0), as trec_eval does.
+        result = evaluate_run(qrels, {q: run.get(q, {}) for q in qids}, k_values=(10,), recall_k=top_k)
+        return run, result
+
+    run, result = score(run_path)
     unjudged = sorted(set(run) - set(data.qrels))
-    # Every judged query counts (one the run lacks scores 0), as trec_eval does.
-    mean = evaluate_run({q: data.qrels[q] for q in qids}, {q: run.get(q, {}) for q in qids}, k_values=(10,),
-                        recall_k=top_k)["mean"]
     summary = {"dataset": data.name, "split": data.split, "run": str(run_path), "queries": len(qids),
                "queries_in_run": len(set(run) & set(qids)), "unjudged_queries_in_run": len(unjudged),
-               "metrics": mean}
-    if output == "json":
-        click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"{data.name} ({data.split}): {len(qids)} judged queries, {summary['queries_in_run']} of them in "
-               f"{run_path}")
-    click.echo("  ".join(f"{metric_label(k)} {v:.4f}" for k, v in mean.items()))
-
+               "metrics": result["mean"]}
+    lines = [f"{data.name} ({data.split}): {len(qids)} judged queries, {summary['queries_in_run']} of them in "
+             f"{run_path}", "  ".join(f"{metric_label(k)} {v:.4f}" for k, v in result["mean"].items())]
+    if baseline_path is not None:
+        other, baseline = score(baseline_path)
+        comparisons = {key: paired_comparison(result["per_query"][key], baseline["per_query"][key])
+                       for key in result["per_query"]}
+        summary["baseline"] = {"run": str(baseline_path), "queries_in_run": len(set(other) & set(qids)),
+                               "metrics": baseline["mean"], "comparison": comparisons}
+        lines += [f"baseline {baseline_path} ({summary['baseline']['queries_in_run']} of the queries): "
+                  + "  ".join(f"{metric_label(k)} {v:.4f}" for k, v in baseline["mean"].items())]
+        lines += [describe_comparison("run", "baseline", metric_label(key), comparison)
+                  for key, comparison in comparisons.items()]
+    click.echo(json.dumps(summary, indent=2) if output == "json" else "\n".join(lines))

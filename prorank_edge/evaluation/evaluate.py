@@ -11,6 +11,7 @@ from ..errors import ProrankError
 from ..fusion import fuse_scores
 from .beir import BeirData
 from .metrics import evaluate_run, metric_label, write_trec_run
+from .significance import describe_comparison, paired_comparison
 
 if TYPE_CHECKING:
     from ..reranker import Reranker
@@ -86,9 +87,19 @@ class EvalReport:
         }
         if self.fusion is not None:
             out["fusion"] = self.fusion
+        compared = self.compare_with()
+        if compared:
+            out["vs_bm25"] = compared
         if per_query:
             out["per_query"] = self.per_query
         return out
+
+    def compare_with(self, baseline: str = "bm25", metric: str = f"ndcg@{MRR_NDCG_K}") -> dict[str, dict]:
+        """Every other system against `baseline`, query by query (significance.paired_comparison)."""
+        if baseline not in self.per_query or not self.qrels:
+            return {}
+        return {name: paired_comparison(values[metric], self.per_query[baseline][metric])
+                for name, values in self.per_query.items() if name != baseline}
 
     def format_table(self) -> str:
         """An aligned plain-text table, one row per system, with a title line and a timing line."""
@@ -103,6 +114,8 @@ class EvalReport:
         title = (f"{self.dataset} ({self.split}): {self.queries} queries, BM25 top {self.top_k} of "
                  f"{self.corpus_size} documents")
         lines = [title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        for name, comparison in self.compare_with().items():
+            lines.append(describe_comparison(name, "bm25", metric_label(f"ndcg@{MRR_NDCG_K}"), comparison))
         if self.pairs_scored:
             lines.append(f"reranked {self.pairs_scored} pairs in {self.timing['rerank_s']:.1f} s "
                          f"({self.timing['pairs_per_s']:.1f} pairs/s)")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from conftest import requires_torch
 
@@ -75,6 +76,9 @@ def test_eval_fusion_auto_tunes_on_train(tiny_qwen2_dir, scifact_dir):
     assert report["fusion"]["weight"] in [float(w) for w in report["fusion"]["ndcg@10_by_weight"]]
     grid = set(report["fusion"]["ndcg@10_by_weight"].values())  # a flat grid or a 0.0 pick is flagged
     assert ("note" in report["fusion"]) == (len(grid) == 1 or report["fusion"]["weight"] == 0.0)
+    assert set(report["vs_bm25"]) == {"reranker", "fusion"}  # each system against BM25, query by query
+    assert report["vs_bm25"]["reranker"]["diff"] == pytest.approx(
+        report["metrics"]["reranker"]["ndcg@10"] - report["metrics"]["bm25"]["ndcg@10"])
     bad = CliRunner().invoke(main, base + ["--fusion-weight", "auto", "--tune-split", "test"])
     assert bad.exit_code == 2 and "--tune-split must differ" in bad.output
 
@@ -98,3 +102,35 @@ def test_eval_reads_a_run_file_back(scifact_dir, tmp_path):
     assert result.exit_code == 2 and f"{bad}:2: score 'not-a-number' is not a number" in result.output
     both = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--run", str(run_file), "--bm25-only"])
     assert both.exit_code == 2 and "--run evaluates a run file alone" in both.output
+
+
+def test_eval_compares_a_run_with_a_baseline_query_by_query(scifact_dir, tmp_path):
+    """`eval --run A --baseline B`: both runs' metrics and, per metric, the paired comparison of their per-query
+    values (the same numbers significance.paired_comparison gives); a run against itself ties everywhere."""
+    from prorank_edge.evaluation.beir import load_beir
+    from prorank_edge.evaluation.metrics import evaluate_run, read_trec_run
+    from prorank_edge.evaluation.significance import paired_comparison
+
+    runs = {}
+    for depth in (5, 50):  # the same BM25 order, cut at 5 and at 50
+        runs[depth] = tmp_path / f"bm25_{depth}.run"
+        written = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--bm25-only", "--max-queries", "30",
+                                            "--top-k", str(depth), "--run-file", str(runs[depth]), "--quiet"])
+        assert written.exit_code == 0, written.output
+    args = ["eval", "--data", str(scifact_dir), "--max-queries", "30", "--top-k", "50", "--quiet"]
+    result = CliRunner().invoke(main, args + ["--run", str(runs[5]), "--baseline", str(runs[50]), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    compared = json.loads(result.stdout)["baseline"]["comparison"]
+    data = load_beir(scifact_dir, "test")
+    qrels = {q: data.qrels[q] for q in list(data.queries)[:30]}
+    per_query = {d: evaluate_run(qrels, read_trec_run(runs[d]), k_values=(10,), recall_k=50)["per_query"]
+                 for d in runs}
+    for key in ("ndcg@10", "recall@50"):
+        assert compared[key] == paired_comparison(per_query[5][key], per_query[50][key])
+    for key in ("ndcg@10", "recall@50"):  # the same order cut at 5 can lose, never win
+        assert compared[key]["wins"] == 0 and compared[key]["losses"] > 0 and compared[key]["diff"] < 0
+    table = CliRunner().invoke(main, args + ["--run", str(runs[50]), "--baseline", str(runs[50])])
+    assert table.exit_code == 0 and "run - baseline  nDCG@10 +0.0000" in table.output
+    assert "0 won, 0 lost of 30: not distinguishable" in table.output
+    alone = CliRunner().invoke(main, args + ["--baseline", str(runs[50])])
+    assert alone.exit_code == 2 and "--baseline compares two run files" in alone.output
