@@ -1,7 +1,8 @@
 """Exported artifacts of one model against its torch fp32 checkpoint: how well each keeps the ranking.
 
 The first N SciFact test queries x BM25 top k; for each artifact the per-query Spearman of its scores against
-torch fp32 on the same candidates (mean and lowest query), the largest score drift, and nDCG@10 beside fp32's.
+torch fp32 on the same candidates (mean and lowest query), the largest score drift, and nDCG@10 beside fp32's
+(the difference paired per query, with its 95% bootstrap interval).
 Issues 14 and 15 ask quantized levels for Spearman >= 0.97-0.99 and |delta nDCG@10| <= 0.01-0.02.
 
     .venv/bin/python benchmarks/artifact_accuracy.py ARTIFACT [ARTIFACT ...] --queries 50 --output acc.json
@@ -34,6 +35,7 @@ def _evaluate(beir, path: str, queries: int, top_k: int, **options):
 
 def compare(reference, report) -> dict:
     """Per-query agreement of `report`'s scores with `reference`'s on the same candidates."""
+    from prorank_edge.evaluation.significance import paired_comparison
     from prorank_edge.export.parity import spearman
 
     rhos, drift = [], 0.0
@@ -48,6 +50,10 @@ def compare(reference, report) -> dict:
     return {"per_query_spearman": float(np.mean(rhos)), "min_query_spearman": float(np.min(rhos)),
             "max_abs_score_diff": drift, "ndcg@10": ndcg,
             "delta_ndcg@10": ndcg - reference.to_dict()["metrics"]["reranker"]["ndcg@10"],
+            # the delta's 95% interval over these queries: a target such as |delta| <= 0.005 is only measurable
+            # where the interval is narrower than it
+            "delta_ndcg@10_paired": paired_comparison(report.per_query["reranker"]["ndcg@10"],
+                                                      reference.per_query["reranker"]["ndcg@10"]),
             "pairs_per_s": report.timing["pairs_per_s"]}
 
 

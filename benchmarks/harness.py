@@ -308,12 +308,15 @@ def accuracy(qrels: dict, qids: list[str], doc_ids: list[list[str]], scores: lis
     from ..evaluation.metrics import evaluate_run
 
     run = {qid: dict(zip(docs, map(float, s))) for qid, docs, s in zip(qids, doc_ids, scores)}
-    mean = evaluate_run({q: qrels[q] for q in qids}, run, k_values=(METRIC_K,), recall_k=top_k)["mean"]
-    return {"ndcg@10": mean[f"ndcg@{METRIC_K}"], "mrr@10": mean[f"mrr@{METRIC_K}"]}
+    result = evaluate_run({q: qrels[q] for q in qids}, run, k_values=(METRIC_K,), recall_k=top_k)
+    mean = result["mean"]
+    return {"ndcg@10": mean[f"ndcg@{METRIC_K}"], "mrr@10": mean[f"mrr@{METRIC_K}"],
+            "ndcg@10_per_query": result["per_query"][f"ndcg@{METRIC_K}"]}
 
 
 def summarize_variant(variant: Variant, raw: dict, workload: dict, qrels: dict, top_k: int, params: dict,
                       peaks: dict, artifact: Path, reference: dict | None) -> dict:
+    from ..evaluation.significance import paired_comparison
     from ..export import artifact_size
     from ..export.parity import spearman
 
@@ -349,6 +352,10 @@ def summarize_variant(variant: Variant, raw: dict, workload: dict, qrels: dict, 
         row["mean_query_spearman_vs_torch_fp32"] = float(np.nanmean(
             [spearman(r, c) for r, c in zip(reference["scores"], raw["scores"])]))
         row["max_abs_drift_vs_torch_fp32"] = float(np.abs(np.asarray(flat_ref) - np.asarray(flat)).max())
+        # Whether an nDCG@10 delta is the variant or the draw of these queries: the interval says.
+        reference_ndcg = accuracy(qrels, qids, [q["doc_ids"] for q in queries], reference["scores"], top_k)
+        row["ndcg@10_vs_torch_fp32"] = paired_comparison(row["ndcg@10_per_query"],
+                                                         reference_ndcg["ndcg@10_per_query"])
     if "scale" in raw:
         row["scale"] = {
             "candidates": [{"candidates": p["candidates"], "latency_ms": _ms(min(p["latency_s"]))}

@@ -23,6 +23,13 @@ def _fmt(value, digits: int = 2, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+def _delta(comparison: dict | None) -> str:
+    if not comparison:
+        return "–"
+    low, high = comparison["ci"]
+    return f"{comparison['diff']:+.4f} [{low:+.3f}, {high:+.3f}]"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
     lines = ["| " + " | ".join(header) + " |", rule]
@@ -51,8 +58,8 @@ def markdown_report(report: dict) -> str:
         lines += ["**Partial results**: the run had not measured every system yet when this was written.", ""]
     lines += ["## Accuracy and speed", ""]
     header = ["system", "nDCG@10", "MRR@10", "docs/s", "p50 ms", "p95 ms", "load s", "peak RSS MB", "size MB",
-              "Spearman vs fp32 (per query)", "tokens computed / prompt tokens", "share of peak", "x torch bf16",
-              "x torch fp32"]
+              "Spearman vs fp32 (per query)", "nDCG@10 - fp32 [95%]", "tokens computed / prompt tokens",
+              "share of peak", "x torch bf16", "x torch fp32"]
     speeds = {r["name"]: r.get("docs_per_s") for r in report["systems"]}
 
     def ratio(r, name):
@@ -65,7 +72,7 @@ def markdown_report(report: dict) -> str:
         rows.append([r["name"], _fmt(r["ndcg@10"], 4), _fmt(r["mrr@10"], 4), _fmt(r.get("docs_per_s")),
                      _fmt(r.get("latency_p50_ms"), 1), _fmt(r.get("latency_p95_ms"), 1), _fmt(r.get("load_s")),
                      _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("artifact_mb"), 1),
-                     _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4),
+                     _fmt(r.get("mean_query_spearman_vs_torch_fp32"), 4), _delta(r.get("ndcg@10_vs_torch_fp32")),
                      _fmt(100 * r["computed_share"], 1, "%") if "computed_share" in r else "–", share_text,
                      ratio(r, "torch-bf16"), ratio(r, "torch-fp32")])
     lines += _table(header, rows)
@@ -75,7 +82,9 @@ def markdown_report(report: dict) -> str:
                   "prompt prefix once), on by default; benchmarks/prefix_cache.py measures it on against off. "
                   "Share of peak: 2 x matmul parameters x computed tokens/s over the measured fp32 GEMM rate. "
                   "Spearman: rank correlation of each query's candidate scores with torch-fp32's, averaged "
-                  "over queries. x torch bf16 / fp32: docs/s over that variant's, same run. openvino-fp32/bf16: "
+                  "over queries. nDCG@10 - fp32: the mean per-query difference from torch-fp32 with a 95% "
+                  "bootstrap interval over these queries (a delta inside it is the draw of queries, not the "
+                  "variant). x torch bf16 / fp32: docs/s over that variant's, same run. openvino-fp32/bf16: "
                   "the openvino backend (the toolkit path, prefix cache on) on the onnx-fp32 artifact; openvino-int8: "
                   "the same backend on the OpenVINO int8 artifact (export --format openvino, calibrated on the "
                   "dataset's train queries where it has them), float parts at the auto precision. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
 from conftest import REPO, requires_torch, write_tiny_beir
 
 pytestmark = requires_torch
@@ -26,5 +27,7 @@ def test_an_artifact_is_compared_per_query_with_the_reference(tiny_qwen2_dir, wi
     assert report["queries"] == 2 and report["machine"]["cpu_model"] and 0 <= report["torch_fp32"]["ndcg@10"] <= 1
     assert same["per_query_spearman"] == same["min_query_spearman"] == 1.0
     assert same["max_abs_score_diff"] < 1e-4 and same["delta_ndcg@10"] == 0.0
+    assert same["delta_ndcg@10_paired"]["ties"] == 2 and same["delta_ndcg@10_paired"]["ci"] == [0.0, 0.0]
+    assert other["delta_ndcg@10_paired"]["diff"] == pytest.approx(other["delta_ndcg@10"], abs=1e-12)
     assert other["max_abs_score_diff"] > 1e-2 and other["min_query_spearman"] < 1.0
     assert same["backend"]["backend"] == "torch" and same["pairs_per_s"] > 0

@@ -118,6 +118,14 @@ def test_bench_cli_end_to_end(tiny_qwen2_dir, tiny_beir, tmp_path):
             # Same weights in fp32/f16 on the same pairs: rankings must agree with the torch reference.
             assert row["spearman_vs_torch_fp32"] > 0.95, name
             assert row["mean_query_spearman_vs_torch_fp32"] > 0.9, name
+        if name != "torch-fp32":  # the nDCG@10 delta from torch fp32, paired per query, in the JSON and the table
+            delta = row["ndcg@10_vs_torch_fp32"]
+            assert delta["queries"] == 3 and delta["diff"] == pytest.approx(
+                row["ndcg@10"] - systems["torch-fp32"]["ndcg@10"], abs=1e-12)
+            assert delta["ci"][0] <= delta["diff"] <= delta["ci"][1]
+            table_row = next(line for line in (out / "bench.md").read_text().splitlines()
+                             if line.startswith(f"| {name} |"))
+            assert f"| {delta['diff']:+.4f} [{delta['ci'][0]:+.3f}, {delta['ci'][1]:+.3f}] |" in table_row
         assert [len(s) for s in row["scores"]] == [8, 8, 8]
     # Bare engines: one per exported engine, on the same token ids, so the scores are (nearly) identical
     # (OpenVINO's is the openvino-bare-* peer above).

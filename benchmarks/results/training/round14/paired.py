@@ -32,9 +32,9 @@ def per_query(qrels, scores: dict, weight: float | None) -> dict[str, float]:
 def main(path: str, reference: str, out: str | None = None) -> None:
     scored = json.loads(Path(path).read_text())
     models = scored["models"]
-    scifact = "../shared/data/beir/scifact"
-    qrels = (load_beir(scifact, "test").qrels if scored["dev"]["split"] == "test"
-             else held_out_dev(load_beir(scifact, "train"), 100, 0).qrels)
+    data = scored["dev"].get("data", "../shared/data/beir/scifact")  # older files: SciFact
+    qrels = (load_beir(data, "test").qrels if scored["dev"]["split"] == "test"
+             else held_out_dev(load_beir(data, "train"), 100, 0).qrels)
     table = {}
     for name, m in models.items():
         table[name] = {"alone": per_query(qrels, m["scores"], None),

@@ -11,6 +11,7 @@ can be computed from it without scoring again.
     # MODEL_OR_SOUP: NAME=PATH, or NAME=soup:A:PATH_A:PATH_B (written once under /work/r14/NAME)
     PROBE_SPLIT=test ... scores SciFact's 300 test queries instead (only for a model whose test figure is read
     anyway, as the shipped default's; fusion then at the model's own contract weight, not tuned there)
+    PROBE_DATA=DIR ... scores the test split of another BEIR folder (e.g. Cranfield, never trained on), the same way
 """
 from __future__ import annotations
 
@@ -59,10 +60,11 @@ def main(out_json: str, specs: list[str]) -> None:
         "cpu": {"processor": platform.processor(), "native_bf16": cpu_has_native_bf16(),
                 "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))},
         "dev": {"queries": 100, "seed": 0, "top_k": 20, "split": "train"}, "models": {}}
-    test = os.environ.get("PROBE_SPLIT") == "test"
+    other = os.environ.get("PROBE_DATA")
+    test = other is not None or os.environ.get("PROBE_SPLIT") == "test"
+    dev = load_beir(other or SCIFACT, "test") if test else held_out_dev(load_beir(SCIFACT, "train"), 100, 0)
     if test:
-        results["dev"] = {"queries": 300, "top_k": 20, "split": "test"}
-    dev = load_beir(SCIFACT, "test") if test else held_out_dev(load_beir(SCIFACT, "train"), 100, 0)
+        results["dev"] = {"queries": len(dev.queries), "top_k": 20, "split": "test", "data": other or SCIFACT}
     for spec in specs:
         name, _, where = spec.partition("=")
         if name in results["models"]:
