@@ -35,12 +35,15 @@ from .options import load_reranker, model_options
               help="Queries of --tune-split used by --fusion-weight auto.")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--run-file", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the last system's run (fusion, reranker, or BM25 with --bm25-only) here in TREC format.")
+              help="Write a system's run here in TREC format (--run-system; by default the last one: fusion, "
+                   "reranker, or BM25 with --bm25-only), e.g. for a later `eval --run ... --baseline ...`.")
+@click.option("--run-system", type=click.Choice(["bm25", "reranker", "fusion"]), default=None,
+              help="Which system --run-file writes.")
 @click.option("--quiet", is_flag=True, help="No progress bars or status lines on stderr.")
 @model_options
 def eval_command(data_spec, split, bm25_only, run_path, baseline_path, top_k, max_queries, instruction,
-                 fusion_weight, tune_split, tune_queries, output, run_file, quiet, model, backend, device, dtype,
-                 max_length, batch_size, threads, prefix_cache):
+                 fusion_weight, tune_split, tune_queries, output, run_file, run_system, quiet, model, backend,
+                 device, dtype, max_length, batch_size, threads, prefix_cache):
     """Evaluate BM25 and a ProRank reranker on a BEIR dataset split.
 
     BM25 (Lucene variant, k1=1.5, b=0.75, English stopwords and stemming) retrieves the top --top-k
@@ -67,6 +70,10 @@ def eval_command(data_spec, split, bm25_only, run_path, baseline_path, top_k, ma
         raise ProrankError("--bm25-only evaluates BM25 alone; leave out --model and --fusion-weight")
     if run_path is not None and (bm25_only or model is not None or fusion_weight is not None):
         raise ProrankError("--run evaluates a run file alone; leave out --bm25-only, --model and --fusion-weight")
+    if run_system is not None and run_file is None:
+        raise ProrankError("--run-system picks the run that --run-file writes: give --run-file too")
+    if bm25_only and run_system not in (None, "bm25"):
+        raise ProrankError(f"--bm25-only has no {run_system} run to write")
     if baseline_path is not None and run_path is None:
         raise ProrankError("--baseline compares two run files: give the other one with --run")
     weight = _parse_weight(fusion_weight)
@@ -95,7 +102,10 @@ def eval_command(data_spec, split, bm25_only, run_path, baseline_path, top_k, ma
                                           tune_queries=tune_queries, show_progress=show_progress, status=status)
 
     if run_file:
-        name = list(report.runs)[-1]
+        name = run_system or list(report.runs)[-1]
+        if name not in report.runs:
+            raise ProrankError(f"--run-system {name}: this evaluation has no {name} run (it has "
+                               f"{', '.join(report.runs)})")
         write_trec_run(run_file, report.runs[name], tag=f"prorank-edge-{name}")
         status(f"wrote the {name} run to {run_file}")
     if output == "json":

@@ -134,3 +134,25 @@ def test_eval_compares_a_run_with_a_baseline_query_by_query(scifact_dir, tmp_pat
     assert "0 won, 0 lost of 30: not distinguishable" in table.output
     alone = CliRunner().invoke(main, args + ["--baseline", str(runs[50])])
     assert alone.exit_code == 2 and "--baseline compares two run files" in alone.output
+
+
+@requires_torch
+def test_eval_run_system_picks_the_run_written(tiny_qwen2_dir, scifact_dir, tmp_path):
+    """--run-system reranker writes the reranker's own run even when fusion is reported after it; the file reads
+    back through --run to the reranker's metrics."""
+    run_file = tmp_path / "reranker.trec"
+    base = ["eval", "--data", str(scifact_dir), "-m", str(tiny_qwen2_dir), "--dtype", "float32", "--max-queries", "3",
+            "--top-k", "5", "--quiet", "--fusion-weight", "0.5"]
+    result = CliRunner().invoke(main, base + ["--run-file", str(run_file), "--run-system", "reranker",
+                                              "--output", "json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    read = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--run", str(run_file), "--max-queries", "3",
+                                     "--top-k", "5", "--output", "json", "--quiet"])
+    assert json.loads(read.stdout)["metrics"] == pytest.approx(metrics["reranker"])
+    assert "prorank-edge-reranker" in run_file.read_text().splitlines()[0]
+    lone = CliRunner().invoke(main, base + ["--run-system", "fusion"])
+    assert lone.exit_code == 2 and "give --run-file too" in lone.output
+    bm25 = CliRunner().invoke(main, ["eval", "--data", str(scifact_dir), "--bm25-only", "--run-file",
+                                     str(tmp_path / "x.trec"), "--run-system", "reranker"])
+    assert bm25.exit_code == 2 and "--bm25-only has no reranker run" in bm25.output
