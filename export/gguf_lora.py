@@ -1,6 +1,7 @@
 """GGUF q4_lora: 4-bit matrices on llama.cpp's fast q4_0 kernels, plus a LoRA file that makes them exact.
 
-Two facts about the built-in reranker shape this level. Its base, SmolLM2-135M, comes from a Q4_1 file, so each
+Two facts about the built-in reranker of its time (round 5, the default until 2026-12-07; today's has a 1-bit
+part, which this level refuses) shape this level. Its base, SmolLM2-135M, comes from a Q4_1 file, so each
 matrix sits exactly on the min-max 4-bit grid (blocks of 32 along the input); and the reranker is that base plus
 a rank-48 delta smaller than one step of the grid. Measured on it (10 SciFact test queries x BM25 top 20,
 per-query Spearman against torch fp32, Ice Lake Xeon):

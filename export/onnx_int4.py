@@ -1,9 +1,10 @@
 """ONNX int4 of a checkpoint that is a base plus a low-rank adapter: the base in 4 bits, the adapter's delta exact.
 
 Rounding a fine-tuned weight to 4 bits erases the fine-tuning. The built-in reranker is SmolLM2-135M, whose
-weights come from a Q4_1 GGUF and so sit exactly on the 4-bit min-max grid of blocks of 32, plus a rank-48
-delta that training added. The delta is smaller than one grid step: on 4 of its matrices, what survives of it
-after 4-bit rounding of the merged weight has a cosine of 0.07-0.08 with the real delta, and the rounding
+weights come from a Q4_1 GGUF and so sit exactly on the 4-bit min-max grid of blocks of 32, plus a delta that
+training added (until 2026-12-07 round 5's rank-48 LoRA, which the figures here were measured on; since then
+a rank-16 SVD plus a 1-bit rest, below). The delta is smaller than one grid step: on 4 of its matrices, what
+survives of it after 4-bit rounding of the merged weight has a cosine of 0.07-0.08 with the real delta, and the rounding
 error (norm 0.40-1.08) is larger than the delta itself (0.33-0.88). The int4 artifact of the merged model
 therefore scored like the untrained base (per-query Spearman 0.39 against fp32 on SciFact).
 
