@@ -19,3 +19,14 @@ b['models'] = {'r5': a['models']['r5'], **b['models']}; json.dump(b, open('/tmp/
 .venv/bin/python benchmarks/results/training/round14/paired.py /tmp/test_with_round5.json bm25 $R/paired_test_vs_bm25.json
 # the summary that ship_default.py stores in the adapter's info, then the new default itself
 .venv/bin/python $R/ship_default.py /work/r14/r13_svd16_1bit
+
+# 2026-12-08 (next session, AVX2 EPYC, nothing else running): the new default's bench, then issues 14/15's
+# accuracy set on the bench's artifacts, then its rerank latency and dev figure at the shipped 256 tokens
+.venv/bin/python benchmarks/run_bench.py --model default --max-queries 10 --top-k 20 --repeats 2 \
+    --formats torch-fp32,onnx-fp32,onnx-int8,onnx-w8a8,onnx-int4,gguf-f16,gguf-q8_0,gguf-q4_k_m,openvino-fp32,openvino-int8 \
+    --scale-formats none --no-minilm --no-bare --no-openvino --nice 0 --output-dir benchmarks/results/bench_avx2_default_r15  # 40 min
+A=$HOME/.cache/prorank-edge/bench-artifacts/SmolLM2-135M-Instruct-prorank-7e9d78b9532b-e63da49026
+.venv/bin/python benchmarks/artifact_accuracy.py $A-w8a8-r4-onnx $A-int8-r4-onnx $A-q8_0-r3.gguf $A-q4_k_m-r3.gguf \
+    $A-int8-r2-cal-scifact-train16-openvino $A-int4-r4-onnx --queries 50 --top-k 20 --output $R/artifact_accuracy_50q.json  # 53 min
+.venv/bin/python benchmarks/length_sweep.py --model default --lengths 256 --eval-queries 50 --latency-queries 3 --repeats 2 \
+    --output $R/length_sweep_256_avx2.json
