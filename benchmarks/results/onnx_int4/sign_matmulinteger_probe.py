@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from prorank_edge.formats import ONNX_MODEL_FILENAME, ONNX_PREFIX_MODEL_FILENAME, ONNX_SUFFIX_MODEL_FILENAME
+
 
 def unpack_signs(packed, scales, zero_points, n, k, block):
     blocks = k // block
@@ -31,20 +33,14 @@ def unpack_signs(packed, scales, zero_points, n, k, block):
     packed = packed.reshape(n, blocks, block // 2)
     codes[:, :, 0::2] = packed & 0x0F
     codes[:, :, 1::2] = packed >> 4
-    if zero_points.dtype == np.uint8:   # packed 4-bit zero points
-        zp = np.empty((n, blocks + blocks % 2), np.float32)
-        zpk = zero_points.reshape(n, -1)
-        zp[:, 0::2] = zpk & 0x0F
-        zp[:, 1::2] = zpk >> 4
-    else:   # float zero points (what the exporter writes: 7.5 for the +-1 grid)
-        zp = zero_points.reshape(n, blocks).astype(np.float32)
-    values = (codes - zp[:, :blocks, None]) * scales.reshape(n, blocks, 1)
+    # the exporter writes the +-1 grid with float zero points (7.5 a block)
+    values = (codes - zero_points.reshape(n, blocks, 1)) * scales.reshape(n, blocks, 1)
     return np.sign(values.reshape(n, k)).astype(np.int8)   # [N, K]
 
 
 def main(src: str, out: str) -> None:
     src = Path(src)
-    m = onnx.load(str(src / "model.onnx"))
+    m = onnx.load(str(src / ONNX_MODEL_FILENAME))
     inits = {t.name: t for t in m.graph.initializer}
     quantized = {}   # input name -> (q, scale, zero point)
     new_nodes, new_inits, replaced = [], [], 0
@@ -81,12 +77,12 @@ def main(src: str, out: str) -> None:
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
         for f in src.iterdir():
-            if f.name not in ("model.onnx", "prefix.onnx", "suffix.onnx"):
+            if f.name not in (ONNX_MODEL_FILENAME, ONNX_PREFIX_MODEL_FILENAME, ONNX_SUFFIX_MODEL_FILENAME):
                 shutil.copy(f, dst / f.name)
         if model is None:
-            shutil.copy(src / "model.onnx", dst / "model.onnx")
+            shutil.copy(src / ONNX_MODEL_FILENAME, dst / ONNX_MODEL_FILENAME)
         else:
-            onnx.save(model, str(dst / "model.onnx"))
+            onnx.save(model, str(dst / ONNX_MODEL_FILENAME))
 
 
 if __name__ == "__main__":
